@@ -1,0 +1,65 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"standby/internal/agent"
+	"standby/internal/config"
+)
+
+func agentCmd() *cobra.Command {
+	var file string
+	var c config.Agent
+	var disks []string
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Protect this machine's disks: serve them over NBD (or scan them) and stream every write to a process server",
+		Example: `  standby agent --config agent.yaml
+  standby agent --machine web1 --state-dir /var/lib/standby --process-server ps:7001 \
+      --disk disk0=/dev/loop0 --nbd unix:/run/standby.sock --ca ca.crt --cert agent.crt --key agent.key`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if file != "" {
+				if err := config.Load(file, &c); err != nil {
+					return err
+				}
+			}
+			for _, d := range disks {
+				dc, err := agent.ParseDiskFlag(d)
+				if err != nil {
+					return err
+				}
+				c.Disks = append(c.Disks, dc)
+			}
+			tlsc, err := config.AgentTLS(c.TLS, c.ProcessServer)
+			if err != nil {
+				return err
+			}
+			c.Config.TLS = tlsc
+			c.Logger = logger(cmd)
+			a, err := agent.New(c.Config)
+			if err != nil {
+				return err
+			}
+			return a.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&file, "config", "", "YAML configuration file")
+	f.StringVar(&c.Machine, "machine", "", "machine name (must match the agent certificate)")
+	f.StringVar(&c.StateDir, "state-dir", "", "directory for the activity log, dirty bitmaps and scan fingerprints")
+	f.StringVar(&c.ProcessServer, "process-server", "", "process server address host:port")
+	f.StringSliceVar(&c.NBDListen, "nbd", nil, "NBD listener for intercepted disks: unix:PATH or tcp:HOST:PORT (repeatable)")
+	f.StringVar(&c.StatusListen, "status", "", "status/metrics HTTP listener host:port (loopback)")
+	f.StringArrayVar(&disks, "disk", nil, "protected disk NAME=PATH[,mode=scan][,interval=30s] (repeatable)")
+	f.Int64Var(&c.QueueBytes, "queue-bytes", 0, "in-memory change queue bound before bitmap fallback (default 128 MiB)")
+	f.DurationVar(&c.EpochInterval, "epoch-interval", 0, "crash-consistent marker interval when the workload does not flush (default 1s)")
+	tlsFlags(cmd, &c.TLS)
+	return cmd
+}
+
+func tlsFlags(cmd *cobra.Command, t *config.TLS) {
+	f := cmd.Flags()
+	f.StringVar(&t.CA, "ca", "", "CA certificate (PEM)")
+	f.StringVar(&t.Cert, "cert", "", "this component's certificate (PEM)")
+	f.StringVar(&t.Key, "key", "", "this component's private key (PEM)")
+}

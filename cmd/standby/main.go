@@ -1,0 +1,52 @@
+// Command standby is the one binary of standby: each role is a subcommand.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := &cobra.Command{
+		Use:           "standby",
+		Short:         "Disaster recovery: continuous block replication of servers to a second site",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
+	root.AddCommand(agentCmd(), processServerCmd(), masterTargetCmd(), statusCmd(), verifyCmd(), certsCmd(), demoCmd())
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "standby:", err)
+		os.Exit(exitCode(err))
+	}
+}
+
+// exitCodeError lets a command choose its exit status (verify: 1 = differ).
+type exitCodeError struct {
+	code int
+	err  error
+}
+
+func (e *exitCodeError) Error() string { return e.err.Error() }
+
+func exitCode(err error) int {
+	if e, ok := err.(*exitCodeError); ok {
+		return e.code
+	}
+	return 2
+}
+
+func logger(cmd *cobra.Command) *slog.Logger {
+	lvl := slog.LevelInfo
+	s, _ := cmd.Flags().GetString("log-level")
+	_ = lvl.UnmarshalText([]byte(s))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
+}

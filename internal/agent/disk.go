@@ -1,0 +1,216 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"math/bits"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"standby/internal/blockdev"
+	"standby/internal/capture"
+	"standby/internal/wire"
+)
+
+// Disk modes.
+const (
+	ModeIntercept = "intercept"
+	ModeScan      = "scan"
+)
+
+// Replication states a disk reports.
+const (
+	StateInitialSync = "initial-sync"
+	StateResync      = "resync"
+	StateReplicating = "replicating"
+)
+
+// disk is one protected disk of the machine.
+type disk struct {
+	a       *Agent
+	index   uint16
+	cfg     DiskConfig
+	dev     *blockdev.Disk
+	tracker *capture.Tracker
+	scanner *capture.Scanner
+	locks   regionLocks
+
+	wakeCh chan struct{}
+
+	// guarded by a.q.mu: whether the replica is between SyncStart and SyncDone.
+	resyncing bool
+	initial   bool // the current resync is the first full copy
+
+	syncTotal  atomic.Int64 // bytes to copy in this resync
+	syncStart  time.Time
+	rate       atomic.Int64 // bytes/s, smoothed
+	copiedData atomic.Int64 // bytes of data sent by copies (holes and zeros excluded)
+	lastErr    atomic.Value // string
+	scanning   atomic.Bool
+}
+
+func (d *disk) kick() {
+	select {
+	case d.wakeCh <- struct{}{}:
+	default:
+	}
+}
+
+// beginResyncLocked marks the replica inconsistent from the next sequence
+// number on. Caller holds q.mu.
+func (d *disk) beginResyncLocked(q *queue) {
+	if !d.resyncing {
+		d.resyncing = true
+		d.syncStart = time.Now()
+		q.pushMarkerLocked(d, wire.Record{Op: wire.OpSyncStart, Disk: d.index})
+	}
+	d.syncTotal.Store(d.tracker.DirtyBytes())
+}
+
+// regionLocks serialise overlapping writes with the assignment of their
+// sequence numbers, so the replica applies overlapping writes in the order
+// the disk saw them; writes to other regions proceed in parallel.
+type regionLocks struct {
+	mu [64]sync.Mutex
+}
+
+const regionShift = 20 // 1 MiB regions
+
+func (r *regionLocks) lock(off, n int64) func() {
+	if n <= 0 {
+		n = 1
+	}
+	first, last := off>>regionShift, (off+n-1)>>regionShift
+	var mask uint64
+	if last-first >= 63 {
+		mask = ^uint64(0)
+	} else {
+		for c := first; c <= last; c++ {
+			mask |= 1 << uint(c&63)
+		}
+	}
+	for m := mask; m != 0; m &= m - 1 {
+		r.mu[bits.TrailingZeros64(m)].Lock()
+	}
+	return func() {
+		for m := mask; m != 0; m &= m - 1 {
+			r.mu[bits.TrailingZeros64(m)].Unlock()
+		}
+	}
+}
+
+// The nbd.Backend of an intercepted disk: every write goes to the real disk
+// and into the change queue under its region lock; it is acknowledged only
+// after the activity log covers its region.
+
+func (d *disk) Size() int64 { return d.dev.Size() }
+
+func (d *disk) ReadAt(_ context.Context, p []byte, off int64) error {
+	if _, err := d.dev.ReadAt(p, off); err != nil {
+		return fmt.Errorf("reading %s at %d: %w", d.cfg.Name, off, err)
+	}
+	return nil
+}
+
+func (d *disk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	n := int64(len(p))
+	if err := d.tracker.BeginWrite(ctx, off, n); err != nil {
+		return fmt.Errorf("recording write to %s in the activity log: %w", d.cfg.Name, err)
+	}
+	unlock := d.locks.lock(off, n)
+	if _, err := d.dev.WriteAt(p, off); err != nil {
+		unlock()
+		d.failed(off, n)
+		return fmt.Errorf("writing %s at %d: %w", d.cfg.Name, off, err)
+	}
+	data := make([]byte, n)
+	copy(data, p)
+	d.a.q.pushCaptured(d, wire.Record{Op: wire.OpWrite, Disk: d.index, Offset: uint64(off), Length: uint32(n), Data: data})
+	unlock()
+	if fua {
+		return d.flush()
+	}
+	return nil
+}
+
+// failed handles a write whose effect on the disk is unknown: replicate
+// whatever the disk now holds there.
+func (d *disk) failed(off, n int64) {
+	d.tracker.MarkDirty(off, n)
+	d.tracker.EndWrite(off, n)
+	d.a.q.mu.Lock()
+	d.beginResyncLocked(d.a.q)
+	d.a.q.mu.Unlock()
+	d.kick()
+}
+
+func (d *disk) zero(ctx context.Context, off, n int64, fua, unmap bool) error {
+	if err := d.tracker.BeginWrite(ctx, off, n); err != nil {
+		return fmt.Errorf("recording zeroing of %s in the activity log: %w", d.cfg.Name, err)
+	}
+	unlock := d.locks.lock(off, n)
+	var err error
+	if unmap {
+		err = d.dev.PunchHole(off, n)
+	} else {
+		err = d.dev.ZeroRange(off, n, false)
+	}
+	if err != nil {
+		unlock()
+		d.failed(off, n)
+		return fmt.Errorf("zeroing %s at %d+%d: %w", d.cfg.Name, off, n, err)
+	}
+	// A zero record is at most MaxRecordLength long; split larger ranges.
+	for o := off; o < off+n; o += wire.MaxRecordLength {
+		l := min(off+n-o, wire.MaxRecordLength)
+		d.tracker.BeginWrite(ctx, o, l) //nolint:errcheck // already covered: same extents, only the pending count matters
+		d.a.q.pushCaptured(d, wire.Record{Op: wire.OpZero, Disk: d.index, Offset: uint64(o), Length: uint32(l)})
+	}
+	d.tracker.EndWrite(off, n)
+	unlock()
+	if fua {
+		return d.flush()
+	}
+	return nil
+}
+
+func (d *disk) Trim(ctx context.Context, off, n int64, fua bool) error {
+	return d.zero(ctx, off, n, fua, true)
+}
+
+func (d *disk) WriteZeroes(ctx context.Context, off, n int64, fua, noHole bool) error {
+	return d.zero(ctx, off, n, fua, !noHole)
+}
+
+func (d *disk) Flush(context.Context) error { return d.flush() }
+
+// flush makes the disk durable and closes an epoch: everything acknowledged
+// before the flush is one crash-consistent state.
+func (d *disk) flush() error {
+	if err := d.dev.Sync(); err != nil {
+		return fmt.Errorf("flushing %s: %w", d.cfg.Name, err)
+	}
+	d.a.q.epochIfDirty(wire.EpochFlush)
+	return nil
+}
+
+// readCopy reads a range under its region lock and queues it as a copy.
+func (d *disk) readCopy(off, n int64, buf []byte) error {
+	buf = buf[:n]
+	unlock := d.locks.lock(off, n)
+	if _, err := d.dev.ReadAt(buf, off); err != nil {
+		unlock()
+		d.a.q.requeueCopies()
+		return fmt.Errorf("reading %s at %d for resync: %w", d.cfg.Name, off, err)
+	}
+	r := wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(off), Length: uint32(n)}
+	if !blockdev.IsZero(buf) {
+		r.Op = wire.OpCopy
+		r.Data = append([]byte(nil), buf...)
+		d.copiedData.Add(n)
+	}
+	d.a.q.pushCopy(d, r)
+	unlock()
+	return nil
+}

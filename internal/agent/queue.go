@@ -1,0 +1,379 @@
+package agent
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"standby/internal/wire"
+)
+
+// qrec is a record waiting for the process server's acknowledgment.
+type qrec struct {
+	wire.Record
+	disk *disk
+}
+
+// queue is the agent's in-memory change log: one sequence for the whole
+// machine, records kept in sequence order until the process server has them
+// durably. Its bound is what turns a long outage into bitmap mode rather
+// than unbounded memory.
+type queue struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+
+	boot   uint64 // high bits of every sequence number of this run
+	next   uint64 // counter within this run
+	recs   []qrec // seq order, all > cached
+	head   int    // recs[:head] already dropped (compacted lazily)
+	sent   int    // index into recs of the first record not yet sent on this connection
+	bytes  int64  // data bytes held
+	copies int64  // copy data bytes held
+	limit  int64
+
+	cached  uint64 // process server has everything <= cached
+	durable uint64 // master target has everything <= durable
+	lastSeq uint64 // newest seq handed out
+	epochAt uint64 // seq of the newest epoch marker
+
+	bitmapMode bool   // overflowed: captured writes only mark dirty until drained
+	overflows  uint64 // times the queue overflowed
+
+	// timeline samples (seq, time) so lag can be told without a timestamp per record.
+	timeline []stamp
+
+	inflight []copyRef // copies sent, waiting for durable
+	disks    []*disk
+	gen      uint64 // bumped whenever unconfirmed copies are forgotten
+	closed   bool
+}
+
+type stamp struct {
+	seq uint64
+	at  time.Time
+}
+
+type copyRef struct {
+	seq  uint64
+	disk *disk
+	off  int64
+	n    int64
+}
+
+func newQueue(boot uint64, limit int64) *queue {
+	q := &queue{boot: boot, limit: limit}
+	q.cond = sync.NewCond(&q.mu)
+	return q
+}
+
+// Sequence numbers carry the boot count in their high bits so they rise
+// across restarts without persisting a counter on every write.
+const seqBootShift = 40
+
+func (q *queue) nextSeqLocked() uint64 {
+	q.next++
+	s := q.boot<<seqBootShift | q.next
+	q.lastSeq = s
+	now := time.Now()
+	if n := len(q.timeline); n == 0 || now.Sub(q.timeline[n-1].at) > 20*time.Millisecond {
+		q.timeline = append(q.timeline, stamp{seq: s, at: now})
+	}
+	return s
+}
+
+// pushCaptured queues a captured write or zero. It returns false when the
+// queue is in bitmap mode: the caller's range has then been marked dirty.
+// The caller holds the region lock, which is what makes seq order match the
+// order of overlapping writes on the disk.
+func (q *queue) pushCaptured(d *disk, r wire.Record) bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.bitmapMode && q.bytes+int64(len(r.Data))+64 > q.limit {
+		q.overflowLocked()
+	}
+	if q.bitmapMode {
+		d.tracker.MarkDirty(int64(r.Offset), int64(r.Length))
+		d.tracker.EndWrite(int64(r.Offset), int64(r.Length))
+		d.kick()
+		return false
+	}
+	r.Seq = q.nextSeqLocked()
+	q.recs = append(q.recs, qrec{Record: r, disk: d})
+	q.bytes += int64(len(r.Data)) + 64
+	q.cond.Broadcast()
+	return true
+}
+
+// waitCopyRoom waits while the queue is over half full, so copies never
+// crowd out captured writes. It is called before a region is locked.
+func (q *queue) waitCopyRoom(ctx context.Context, n int64) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for !q.closed && ctx.Err() == nil && q.bytes+n > q.limit/2 && q.bytes > 0 {
+		q.cond.Wait()
+	}
+	if q.closed {
+		return context.Canceled
+	}
+	return ctx.Err()
+}
+
+// pushCopy queues a copy (initial sync, resync or scan).
+func (q *queue) pushCopy(d *disk, r wire.Record) uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	r.Seq = q.nextSeqLocked()
+	q.recs = append(q.recs, qrec{Record: r, disk: d})
+	sz := int64(len(r.Data)) + 64
+	q.bytes += sz
+	q.copies += sz
+	if d.tracker != nil {
+		q.inflight = append(q.inflight, copyRef{seq: r.Seq, disk: d, off: int64(r.Offset), n: int64(r.Length)})
+	}
+	q.cond.Broadcast()
+	return r.Seq
+}
+
+// requeueCopies sends every unconfirmed copy back to dirty.
+func (q *queue) requeueCopies() {
+	q.mu.Lock()
+	q.requeueCopiesLocked()
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
+// pushMarker queues an epoch or sync marker.
+func (q *queue) pushMarker(d *disk, r wire.Record) uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.pushMarkerLocked(d, r)
+}
+
+func (q *queue) pushMarkerLocked(d *disk, r wire.Record) uint64 {
+	r.Seq = q.nextSeqLocked()
+	if r.Op == wire.OpEpoch {
+		q.epochAt = r.Seq
+	}
+	q.recs = append(q.recs, qrec{Record: r, disk: d})
+	q.bytes += 64
+	q.cond.Broadcast()
+	return r.Seq
+}
+
+// epochIfDirty closes an epoch if anything was queued since the last one.
+func (q *queue) epochIfDirty(flags uint8) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.lastSeq > q.epochAt {
+		// The marker carries its wall-clock time: it becomes a recovery
+		// point's time at the master target.
+		q.pushMarkerLocked(nil, wire.Record{Op: wire.OpEpoch, Flags: flags, Offset: uint64(time.Now().UnixNano())})
+	}
+}
+
+// overflowLocked drops every queued record and falls back to the dirty
+// bitmap: what was dropped is marked dirty, in-flight copies go back to
+// dirty, and each disk's replica is declared inconsistent until resynced.
+func (q *queue) overflowLocked() {
+	q.overflows++
+	disks := map[*disk]bool{}
+	for _, r := range q.recs[q.head:] {
+		if r.disk == nil {
+			continue
+		}
+		switch r.Op {
+		case wire.OpWrite, wire.OpZero:
+			r.disk.tracker.MarkDirty(int64(r.Offset), int64(r.Length))
+			r.disk.tracker.EndWrite(int64(r.Offset), int64(r.Length))
+			disks[r.disk] = true
+		}
+	}
+	q.requeueCopiesLocked()
+	q.recs, q.head, q.sent, q.bytes, q.copies = nil, 0, 0, 0, 0
+	q.bitmapMode = true
+	for d := range disks {
+		d.beginResyncLocked(q)
+		d.kick()
+	}
+}
+
+// requeueCopiesLocked forgets every copy not yet durable at the master
+// target: its range goes back to dirty and will be read again.
+func (q *queue) requeueCopiesLocked() {
+	q.inflight = nil
+	q.gen++
+	for _, d := range q.disks {
+		if d.tracker != nil {
+			d.tracker.Requeue()
+		}
+		d.kick()
+	}
+	// Drop copy records still queued: they will be re-taken from dirty.
+	if q.copies > 0 {
+		kept := q.recs[:0]
+		for i, r := range q.recs {
+			if i < q.head {
+				continue
+			}
+			if r.Op == wire.OpCopy || r.Op == wire.OpCopyZero {
+				q.bytes -= int64(len(r.Data)) + 64
+				continue
+			}
+			kept = append(kept, r)
+		}
+		// clear references so dropped data can be collected
+		for i := len(kept); i < len(q.recs); i++ {
+			q.recs[i] = qrec{}
+		}
+		q.recs, q.head, q.copies = kept, 0, 0
+	}
+	q.sent = 0
+}
+
+// disconnected is called when the session with the process server ends:
+// nothing unacknowledged is assumed delivered.
+func (q *queue) disconnected() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.requeueCopiesLocked()
+	q.sent = 0
+	q.cond.Broadcast()
+}
+
+// ack applies the process server's acknowledgment.
+func (q *queue) ack(a wire.Ack) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if a.Cached > q.cached {
+		q.cached = a.Cached
+	}
+	i := q.head
+	for i < len(q.recs) && q.recs[i].Seq <= q.cached {
+		r := &q.recs[i]
+		switch r.Op {
+		case wire.OpWrite, wire.OpZero:
+			r.disk.tracker.EndWrite(int64(r.Offset), int64(r.Length))
+		}
+		sz := int64(len(r.Data)) + 64
+		q.bytes -= sz
+		if r.Op == wire.OpCopy || r.Op == wire.OpCopyZero {
+			q.copies -= sz
+		}
+		q.recs[i] = qrec{}
+		i++
+	}
+	dropped := i - q.head
+	q.head = i
+	q.sent -= dropped
+	if q.sent < q.head {
+		q.sent = q.head
+	}
+	if q.head > 4096 && q.head > len(q.recs)/2 {
+		n := copy(q.recs, q.recs[q.head:])
+		for j := n; j < len(q.recs); j++ {
+			q.recs[j] = qrec{}
+		}
+		q.recs = q.recs[:n]
+		q.sent -= q.head
+		q.head = 0
+	}
+	if a.Durable > q.durable {
+		q.durable = a.Durable
+		k := 0
+		for k < len(q.inflight) && q.inflight[k].seq <= q.durable {
+			c := q.inflight[k]
+			c.disk.tracker.Complete(c.off, c.n)
+			c.disk.kick()
+			k++
+		}
+		q.inflight = q.inflight[k:]
+		t := 0
+		for t < len(q.timeline) && q.timeline[t].seq <= q.durable {
+			t++
+		}
+		q.timeline = q.timeline[t:]
+	}
+	if q.bitmapMode && q.bytes < q.limit/4 {
+		q.bitmapMode = false
+	}
+	q.cond.Broadcast()
+}
+
+// resetSend rewinds to the first unacknowledged record for a new session.
+func (q *queue) resetSend() {
+	q.mu.Lock()
+	q.sent = q.head
+	q.mu.Unlock()
+}
+
+// nextBatch waits for unsent records and returns up to maxBytes of them.
+func (q *queue) nextBatch(ctx context.Context, maxBytes int) (wire.Batch, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.sent < q.head {
+		q.sent = q.head
+	}
+	for q.sent >= len(q.recs) {
+		if q.closed {
+			return wire.Batch{}, context.Canceled
+		}
+		if err := ctx.Err(); err != nil {
+			return wire.Batch{}, err
+		}
+		q.cond.Wait()
+		if q.sent < q.head {
+			q.sent = q.head
+		}
+	}
+	var b wire.Batch
+	size := 0
+	for q.sent < len(q.recs) && (size == 0 || size+len(q.recs[q.sent].Data) <= maxBytes) && len(b.Records) < 65536 {
+		r := q.recs[q.sent].Record
+		b.Records = append(b.Records, r)
+		size += len(r.Data) + 24
+		q.sent++
+	}
+	b.First, b.Last = b.Records[0].Seq, b.Records[len(b.Records)-1].Seq
+	return b, nil
+}
+
+// close wakes every waiter for shutdown.
+func (q *queue) close() {
+	q.mu.Lock()
+	q.closed = true
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
+// wake is used by context watchers so cond waits notice cancellation.
+func (q *queue) wake() {
+	q.mu.Lock()
+	q.cond.Broadcast()
+	q.mu.Unlock()
+}
+
+type queueStats struct {
+	Bytes, Copies           int64
+	Records                 int
+	LastSeq, Cached, Durable uint64
+	Lag                     time.Duration
+	BitmapMode              bool
+	Overflows               uint64
+	InflightCopies          int
+}
+
+func (q *queue) stats() queueStats {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	s := queueStats{Bytes: q.bytes, Copies: q.copies, Records: len(q.recs) - q.head, LastSeq: q.lastSeq, Cached: q.cached, Durable: q.durable, BitmapMode: q.bitmapMode, Overflows: q.overflows, InflightCopies: len(q.inflight)}
+	if q.durable < q.lastSeq && len(q.timeline) > 0 {
+		s.Lag = time.Since(q.timeline[0].at)
+	}
+	return s
+}
+
+func (q *queue) generation() uint64 {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.gen
+}

@@ -1,0 +1,287 @@
+package mastertarget
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"standby/internal/wire"
+)
+
+// runApply applies the intake to the replicas, one whole epoch at a time,
+// and checkpoints regularly. A record at or below the checkpoint is never
+// applied twice in a way that matters: replay is in order from the
+// checkpoint, so the result is the same.
+func (m *machine) runApply(ctx context.Context) {
+	lg := m.s.log.With("machine", m.name)
+	m.mu.Lock()
+	from := m.live.AppliedSeq + 1
+	m.mu.Unlock()
+	r := m.intake.NewReader(from)
+	defer r.Close()
+	lastSync := time.Now()
+	var unsynced int64
+	// Entries are read ahead by a goroutine so waiting for an epoch marker
+	// and waiting for new entries can be told apart.
+	type item struct {
+		b   wire.Batch
+		err error
+	}
+	entries := make(chan item, 4)
+	go func() {
+		defer close(entries)
+		for {
+			e, err := r.Next(ctx)
+			if err != nil {
+				entries <- item{err: err}
+				return
+			}
+			data := append([]byte(nil), e.Data...)
+			b, err := wire.DecodeBatch(data)
+			if err != nil {
+				err = fmt.Errorf("intake entry %d..%d: %w", e.First, e.Last, err)
+			}
+			select {
+			case entries <- item{b: b, err: err}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	tick := time.NewTicker(m.s.cfg.SyncInterval)
+	defer tick.Stop()
+	for {
+		var it item
+		var ok bool
+		select {
+		case it, ok = <-entries:
+		case <-tick.C:
+			if unsynced > 0 || time.Since(lastSync) > m.s.cfg.SyncInterval {
+				if err := m.sync(); err != nil {
+					m.fail(lg, err)
+					return
+				}
+				lastSync, unsynced = time.Now(), 0
+			}
+			continue
+		case <-ctx.Done():
+			_ = m.sync()
+			return
+		}
+		if !ok {
+			_ = m.sync()
+			return
+		}
+		if it.err != nil {
+			if ctx.Err() != nil {
+				_ = m.sync()
+				return
+			}
+			m.fail(lg, it.err)
+			return
+		}
+		for _, rec := range it.b.Records {
+			m.mu.Lock()
+			if rec.Seq <= m.live.AppliedSeq {
+				m.mu.Unlock()
+				continue
+			}
+			// Apply only whole epochs: wait for a marker at or after rec.
+			for m.epochLimit < rec.Seq && !m.closed && ctx.Err() == nil {
+				m.mu.Unlock()
+				if unsynced > 0 {
+					if err := m.sync(); err != nil {
+						m.fail(lg, err)
+						return
+					}
+					lastSync, unsynced = time.Now(), 0
+				}
+				m.mu.Lock()
+				if m.epochLimit >= rec.Seq || m.closed || ctx.Err() != nil {
+					break
+				}
+				m.cond.Wait()
+			}
+			if m.closed || ctx.Err() != nil {
+				m.mu.Unlock()
+				_ = m.sync()
+				return
+			}
+			m.mu.Unlock()
+			n, err := m.apply(rec)
+			if err != nil {
+				m.fail(lg, err)
+				return
+			}
+			unsynced += n
+			if unsynced > 1<<30 || time.Since(lastSync) > m.s.cfg.SyncInterval {
+				if err := m.sync(); err != nil {
+					m.fail(lg, err)
+					return
+				}
+				lastSync, unsynced = time.Now(), 0
+			}
+		}
+	}
+}
+
+func (m *machine) fail(lg interface{ Error(string, ...any) }, err error) {
+	lg.Error("apply stopped", "err", err)
+	m.mu.Lock()
+	m.applyErr = err.Error()
+	m.mu.Unlock()
+}
+
+// apply performs one record on the replicas.
+func (m *machine) apply(rec wire.Record) (int64, error) {
+	var n int64
+	switch rec.Op {
+	case wire.OpWrite, wire.OpCopy:
+		if _, err := m.replica[rec.Disk].WriteAt(rec.Data, int64(rec.Offset)); err != nil {
+			return 0, fmt.Errorf("applying seq %d to %s: %w", rec.Seq, m.cp.Disks[rec.Disk].Name, err)
+		}
+		n = int64(len(rec.Data))
+	case wire.OpZero, wire.OpCopyZero:
+		if err := m.replica[rec.Disk].ZeroRange(int64(rec.Offset), int64(rec.Length), true); err != nil {
+			return 0, fmt.Errorf("zeroing seq %d on %s: %w", rec.Seq, m.cp.Disks[rec.Disk].Name, err)
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	switch rec.Op {
+	case wire.OpEpoch:
+		m.live.EpochSeq = rec.Seq
+		m.live.EpochTime = int64(rec.Offset)
+	case wire.OpSyncStart:
+		m.live.Disks[rec.Disk].Consistent = false
+	case wire.OpSyncDone:
+		m.live.Disks[rec.Disk].Consistent = true
+		m.live.Disks[rec.Disk].Synced = true
+	}
+	m.live.AppliedSeq = rec.Seq
+	m.appliedAt = time.Now()
+	m.bytesApply += uint64(n)
+	return n, nil
+}
+
+// sync makes the applied state durable: replicas first, then the
+// checkpoint that says so, then the intake it covers may go.
+func (m *machine) sync() error {
+	m.mu.Lock()
+	cp := cloneCP(m.live)
+	prev := m.cp.AppliedSeq
+	m.mu.Unlock()
+	if cp.AppliedSeq == prev {
+		return nil
+	}
+	for i, r := range m.replica {
+		if err := r.Sync(); err != nil {
+			return fmt.Errorf("fsync of replica %s: %w", m.cp.Disks[i].Name, err)
+		}
+	}
+	if err := m.writeCheckpoint(cp); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	m.cp = cp
+	m.durable = max(m.durable, cp.AppliedSeq)
+	m.mu.Unlock()
+	if err := m.intake.TrimThrough(cp.AppliedSeq); err != nil {
+		return fmt.Errorf("trimming intake: %w", err)
+	}
+	m.wake()
+	return nil
+}
+
+func (m *machine) writeCheckpoint(cp checkpoint) error {
+	b, err := json.MarshalIndent(cp, "", "  ")
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(m.dir, stateFile)
+	tmp := p + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("writing checkpoint: %w", err)
+	}
+	if _, err = f.Write(b); err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err == nil {
+		var d *os.File
+		if d, err = os.Open(m.dir); err == nil {
+			err = d.Sync()
+			d.Close()
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("writing checkpoint of %s: %w", m.name, err)
+	}
+	return nil
+}
+
+// DiskStatus is one replica disk.
+type DiskStatus struct {
+	Name       string `json:"name"`
+	Size       int64  `json:"size"`
+	Replica    string `json:"replica"`
+	State      string `json:"state"`
+	Consistent bool   `json:"consistent"`
+}
+
+// MachineStatus is the master target's view of one machine.
+type MachineStatus struct {
+	Machine       string       `json:"machine"`
+	Connected     bool         `json:"connected"`
+	ProcessServer string       `json:"process_server,omitempty"`
+	ReceivedSeq   uint64       `json:"received_seq"`
+	DurableSeq    uint64       `json:"durable_seq"`
+	AppliedSeq    uint64       `json:"last_applied_seq"`
+	EpochSeq      uint64       `json:"epoch_seq"`
+	EpochTime     time.Time    `json:"epoch_time"`
+	LagSeconds    float64      `json:"lag_seconds"`
+	IntakeBytes   int64        `json:"intake_bytes"`
+	PendingBytes  int64        `json:"pending_bytes"`
+	BytesReceived uint64       `json:"bytes_received"`
+	BytesApplied  uint64       `json:"bytes_applied"`
+	ApplyError    string       `json:"apply_error,omitempty"`
+	Disks         []DiskStatus `json:"disks"`
+}
+
+func (m *machine) status() MachineStatus {
+	st := m.intake.Stats()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ms := MachineStatus{Machine: m.name, Connected: m.connected, ProcessServer: m.peer, ReceivedSeq: m.lastSeq, DurableSeq: m.durable,
+		AppliedSeq: m.live.AppliedSeq, EpochSeq: m.live.EpochSeq, IntakeBytes: st.Bytes, BytesReceived: m.bytesIn, BytesApplied: m.bytesApply, ApplyError: m.applyErr}
+	if m.live.EpochTime > 0 {
+		ms.EpochTime = time.Unix(0, m.live.EpochTime)
+		ms.LagSeconds = time.Since(ms.EpochTime).Seconds()
+	}
+	if m.live.AppliedSeq < m.lastSeq {
+		ms.PendingBytes = st.Bytes
+	}
+	for i, d := range m.live.Disks {
+		ds := DiskStatus{Name: d.Name, Size: d.Size, Replica: m.replicaPath(d.Name), Consistent: d.Consistent}
+		switch {
+		case d.Consistent:
+			ds.State = "consistent"
+		case !d.Synced:
+			ds.State = "initial-sync"
+		default:
+			ds.State = "resync"
+		}
+		_ = i
+		ms.Disks = append(ms.Disks, ds)
+	}
+	return ms
+}

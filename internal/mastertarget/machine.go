@@ -1,0 +1,384 @@
+package mastertarget
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"standby/internal/blockdev"
+	"standby/internal/seglog"
+	"standby/internal/transport"
+	"standby/internal/wire"
+)
+
+const stateFile = "state.json"
+
+// diskState is the persisted state of one replica disk.
+type diskState struct {
+	Name       string `json:"name"`
+	Size       int64  `json:"size"`
+	Consistent bool   `json:"consistent"`
+	// Synced says the initial copy finished once: before that the replica
+	// has never been a usable disk.
+	Synced bool `json:"synced"`
+}
+
+// checkpoint is what the master target has applied and fsynced.
+type checkpoint struct {
+	Machine    string      `json:"machine"`
+	AppliedSeq uint64      `json:"applied_seq"`
+	EpochSeq   uint64      `json:"epoch_seq"`
+	EpochTime  int64       `json:"epoch_time_unix_nano"`
+	Disks      []diskState `json:"disks"`
+}
+
+type machine struct {
+	s       *Server
+	name    string
+	dir     string
+	intake  *seglog.Log
+	replica []*blockdev.Disk
+	wg      sync.WaitGroup
+
+	mu          sync.Mutex
+	cond        *sync.Cond
+	cp          checkpoint // as last persisted
+	live        checkpoint // as applied in memory
+	lastSeq     uint64     // newest seq in intake
+	epochLimit  uint64     // newest epoch marker in intake: apply stops there
+	durable     uint64
+	session     uint64
+	connected   bool
+	peer        string
+	applyErr    string
+	appliedAt   time.Time
+	bytesIn     uint64
+	bytesApply  uint64
+	started     bool
+	closed      bool
+	notify      chan struct{}
+}
+
+func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error) {
+	if !wire.ValidName(name) {
+		return nil, fmt.Errorf("invalid machine name %q", name)
+	}
+	dir := filepath.Join(s.cfg.DataDir, name)
+	m := &machine{s: s, name: name, dir: dir, notify: make(chan struct{}, 1)}
+	m.cond = sync.NewCond(&m.mu)
+	b, err := os.ReadFile(filepath.Join(dir, stateFile))
+	switch {
+	case err == nil:
+		if err := json.Unmarshal(b, &m.cp); err != nil {
+			return nil, fmt.Errorf("machine %s: corrupt %s: %w", name, stateFile, err)
+		}
+		if disks != nil {
+			if err := m.checkDisks(disks); err != nil {
+				return nil, err
+			}
+		}
+	case errors.Is(err, os.ErrNotExist) && disks != nil:
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("machine %s: creating data dir: %w", name, err)
+		}
+		m.cp = checkpoint{Machine: name}
+		for i, d := range disks {
+			if int(d.Index) != i || !wire.ValidName(d.Name) || d.Size <= 0 {
+				return nil, fmt.Errorf("machine %s: bad disk description %+v", name, d)
+			}
+			m.cp.Disks = append(m.cp.Disks, diskState{Name: d.Name, Size: d.Size})
+		}
+	default:
+		return nil, fmt.Errorf("machine %s: reading %s: %w", name, stateFile, err)
+	}
+	for _, d := range m.cp.Disks {
+		p := m.replicaPath(d.Name)
+		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+			if err := blockdev.Create(p, d.Size); err != nil {
+				m.close()
+				return nil, fmt.Errorf("machine %s: creating replica %s: %w", name, p, err)
+			}
+		}
+		rd, err := blockdev.Open(p, false)
+		if err != nil {
+			m.close()
+			return nil, fmt.Errorf("machine %s: opening replica: %w", name, err)
+		}
+		m.replica = append(m.replica, rd)
+		if rd.Size() != d.Size {
+			m.close()
+			return nil, fmt.Errorf("machine %s: replica %s is %d bytes but disk %s is %d bytes: refusing to apply to a replica of the wrong size", name, p, rd.Size(), d.Name, d.Size)
+		}
+	}
+	lg, err := seglog.Open(filepath.Join(dir, "intake"), seglog.Options{MaxBytes: s.cfg.IntakeBytes, Logger: s.log.With("machine", name)})
+	if err != nil {
+		m.close()
+		return nil, fmt.Errorf("machine %s: opening intake log: %w", name, err)
+	}
+	m.intake = lg
+	if err := m.writeCheckpoint(m.cp); err != nil {
+		m.close()
+		return nil, err
+	}
+	m.live = cloneCP(m.cp)
+	st := lg.Stats()
+	m.lastSeq = max(st.LastSeq, m.cp.AppliedSeq)
+	m.durable = max(st.DurableSeq, m.cp.AppliedSeq)
+	// Epoch markers in the intake that were not applied before a restart
+	// must still be honoured: find the newest one.
+	if st.Entries > 0 {
+		if err := m.scanEpochs(); err != nil {
+			m.close()
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func cloneCP(c checkpoint) checkpoint {
+	c.Disks = append([]diskState(nil), c.Disks...)
+	return c
+}
+
+func (m *machine) replicaPath(disk string) string { return filepath.Join(m.dir, disk+".img") }
+
+func (m *machine) scanEpochs() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	st := m.intake.Stats()
+	r := m.intake.NewReader(m.cp.AppliedSeq + 1)
+	defer r.Close()
+	for {
+		e, err := r.Next(ctx)
+		if err != nil {
+			return fmt.Errorf("machine %s: scanning intake: %w", m.name, err)
+		}
+		b, err := wire.DecodeBatch(e.Data)
+		if err != nil {
+			return fmt.Errorf("machine %s: intake entry %d..%d: %w", m.name, e.First, e.Last, err)
+		}
+		for _, rec := range b.Records {
+			if rec.Op == wire.OpEpoch {
+				m.epochLimit = rec.Seq
+			}
+		}
+		if e.Last >= st.LastSeq {
+			return nil
+		}
+	}
+}
+
+func (m *machine) checkDisks(disks []wire.DiskInfo) error {
+	if len(disks) != len(m.cp.Disks) {
+		return fmt.Errorf("machine %s has %d replica disks here, the source has %d: refusing (remove the replica to start over)", m.name, len(m.cp.Disks), len(disks))
+	}
+	for i, d := range disks {
+		have := m.cp.Disks[i]
+		if d.Name != have.Name || d.Size != have.Size {
+			return fmt.Errorf("machine %s disk %d: source is %s of %d bytes, replica is %s of %d bytes: refusing to apply to a replica of the wrong size", m.name, i, d.Name, d.Size, have.Name, have.Size)
+		}
+	}
+	return nil
+}
+
+func (m *machine) close() {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	m.closed = true
+	m.cond.Broadcast()
+	m.mu.Unlock()
+	for _, r := range m.replica {
+		r.Close()
+	}
+	if m.intake != nil {
+		m.intake.Close()
+	}
+}
+
+func (m *machine) start(ctx context.Context) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.started {
+		return
+	}
+	m.started = true
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.runApply(ctx)
+	}()
+	context.AfterFunc(ctx, func() {
+		m.mu.Lock()
+		m.cond.Broadcast()
+		m.mu.Unlock()
+	})
+}
+
+func (m *machine) wake() {
+	select {
+	case m.notify <- struct{}{}:
+	default:
+	}
+}
+
+// runSession takes batches from a process server.
+func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string) {
+	m.mu.Lock()
+	m.session++
+	my := m.session
+	m.connected = true
+	m.peer = peer
+	w := wire.Welcome{Cached: m.lastSeq, Durable: m.durable}
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		if m.session == my {
+			m.connected = false
+		}
+		m.mu.Unlock()
+	}()
+	lg := m.s.log.With("machine", m.name)
+	if err := c.WriteJSON(wire.TypeWelcome, w); err != nil {
+		lg.Warn("welcoming process server", "err", err)
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	lg.Info("process server connected", "peer", peer, "cached", w.Cached, "durable", w.Durable)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		var sent wire.Ack
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-m.notify:
+			case <-t.C:
+			}
+			m.mu.Lock()
+			a := wire.Ack{Cached: m.lastSeq, Durable: m.durable}
+			stale := m.session != my
+			m.mu.Unlock()
+			if stale {
+				c.Close()
+				return
+			}
+			if a == sent {
+				continue
+			}
+			if err := c.WriteFrame(wire.TypeAck, wire.AppendAck(nil, a), wire.CodecNone); err != nil {
+				cancel()
+				return
+			}
+			sent = a
+		}
+	}()
+	go func() { <-sctx.Done(); c.Close() }()
+	var buf []byte
+	for {
+		t, p, err := c.ReadFrame()
+		if err != nil {
+			if sctx.Err() == nil {
+				lg.Warn("process server session ended", "err", err)
+				if errors.Is(err, wire.ErrCorrupt) {
+					refuse(c, "corrupt", err.Error())
+				}
+			}
+			return
+		}
+		if t == wire.TypePing {
+			continue
+		}
+		if t != wire.TypeBatch {
+			refuse(c, "protocol", fmt.Sprintf("unexpected %s frame", t))
+			return
+		}
+		b, err := wire.DecodeBatch(p)
+		if err != nil {
+			lg.Error("refusing corrupt batch", "err", err)
+			refuse(c, "corrupt", err.Error())
+			return
+		}
+		if err := m.validate(&b); err != nil {
+			lg.Error("refusing batch", "err", err)
+			refuse(c, "invalid", err.Error())
+			return
+		}
+		m.mu.Lock()
+		last, stale := m.lastSeq, m.session != my
+		m.mu.Unlock()
+		if stale {
+			return
+		}
+		if b.Last <= last {
+			m.wake()
+			continue
+		}
+		data := p
+		if b.First <= last {
+			k := 0
+			for k < len(b.Records) && b.Records[k].Seq <= last {
+				k++
+			}
+			b.Records = b.Records[k:]
+			b.First = b.Records[0].Seq
+			buf = wire.AppendBatch(buf[:0], &b)
+			data = buf
+		}
+		sync := b.Captured()
+		if err := m.intake.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, sync); err != nil {
+			if sctx.Err() == nil {
+				lg.Error("writing intake log", "err", err)
+				refuse(c, "intake", err.Error())
+			}
+			return
+		}
+		m.mu.Lock()
+		m.lastSeq = b.Last
+		m.bytesIn += uint64(len(data))
+		if sync {
+			// The fsync covered every earlier entry too.
+			m.durable = max(m.durable, b.Last)
+		}
+		for i := len(b.Records) - 1; i >= 0; i-- {
+			if b.Records[i].Op == wire.OpEpoch {
+				m.epochLimit = b.Records[i].Seq
+				break
+			}
+		}
+		m.cond.Broadcast()
+		m.mu.Unlock()
+		m.wake()
+	}
+}
+
+// validate checks every record against the replica layout before anything
+// is stored: a record outside its disk is refused whole, never clipped.
+func (m *machine) validate(b *wire.Batch) error {
+	for _, r := range b.Records {
+		switch r.Op {
+		case wire.OpEpoch:
+			continue
+		}
+		if int(r.Disk) >= len(m.cp.Disks) {
+			return fmt.Errorf("record seq %d names disk %d, machine %s has %d", r.Seq, r.Disk, m.name, len(m.cp.Disks))
+		}
+		if r.Op == wire.OpSyncStart || r.Op == wire.OpSyncDone {
+			continue
+		}
+		if end := r.Offset + uint64(r.Length); end > uint64(m.cp.Disks[r.Disk].Size) {
+			return fmt.Errorf("record seq %d (%s) ends at %d, beyond disk %s of %d bytes", r.Seq, r.Op, end, m.cp.Disks[r.Disk].Name, m.cp.Disks[r.Disk].Size)
+		}
+	}
+	return nil
+}

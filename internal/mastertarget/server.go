@@ -1,0 +1,249 @@
+// Package mastertarget is the secondary site's receiver: it makes each
+// batch durable in an intake log before acknowledging it, applies whole
+// epochs to sparse replica disks idempotently by sequence number, and
+// checkpoints what it has applied so replays after a crash are harmless.
+package mastertarget
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"sync"
+	"time"
+
+	"standby/internal/pki"
+	"standby/internal/statusapi"
+	"standby/internal/transport"
+	"standby/internal/wire"
+)
+
+// Config is the master target's configuration.
+type Config struct {
+	Name    string `yaml:"name"`
+	Listen  string `yaml:"listen"`
+	DataDir string `yaml:"data_dir"`
+	// SyncInterval is how often replicas are fsynced and the applied
+	// position checkpointed; copies become durable (and the agent may
+	// forget them) only at a checkpoint.
+	SyncInterval time.Duration `yaml:"sync_interval"`
+	// IntakeBytes bounds each machine's intake log.
+	IntakeBytes  int64  `yaml:"intake_bytes"`
+	StatusListen string `yaml:"status_listen"`
+
+	ServerTLS *tls.Config  `yaml:"-"`
+	Logger    *slog.Logger `yaml:"-"`
+}
+
+// Server is a running master target.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	mu       sync.Mutex
+	machines map[string]*machine
+	addr     string
+	runCtx   context.Context
+	wg       sync.WaitGroup
+}
+
+// New checks the configuration and opens existing replicas.
+func New(cfg Config) (*Server, error) {
+	if cfg.Listen == "" || cfg.DataDir == "" {
+		return nil, errors.New("master target: listen and data_dir are required")
+	}
+	if cfg.SyncInterval == 0 {
+		cfg.SyncInterval = time.Second
+	}
+	if cfg.IntakeBytes == 0 {
+		cfg.IntakeBytes = 8 << 30
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Name == "" {
+		cfg.Name = "mt"
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "master-target"), machines: map[string]*machine{}}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("master target: creating data dir: %w", err)
+	}
+	ents, err := os.ReadDir(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("master target: reading data dir: %w", err)
+	}
+	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(cfg.DataDir, e.Name(), stateFile)); err != nil {
+			continue
+		}
+		m, err := openMachine(s, e.Name(), nil)
+		if err != nil {
+			s.closeAll()
+			return nil, err
+		}
+		s.machines[m.name] = m
+	}
+	return s, nil
+}
+
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, m := range s.machines {
+		m.close()
+	}
+}
+
+// Addr is the listening address once Run has started.
+func (s *Server) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// Run serves process servers until ctx is done.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := transport.Listen(s.cfg.Listen, s.cfg.ServerTLS)
+	if err != nil {
+		return fmt.Errorf("master target: %w", err)
+	}
+	s.mu.Lock()
+	s.addr = ln.Addr().String()
+	s.runCtx = ctx
+	for _, m := range s.machines {
+		m.start(ctx)
+	}
+	s.mu.Unlock()
+	s.log.Info("master target listening", "addr", ln.Addr().String(), "data_dir", s.cfg.DataDir)
+	if s.cfg.StatusListen != "" {
+		sl, err := net.Listen("tcp", s.cfg.StatusListen)
+		if err != nil {
+			ln.Close()
+			return fmt.Errorf("master target: status listener: %w", err)
+		}
+		go func() {
+			if err := statusapi.Serve(ctx, sl, statusapi.Handler(func() any { return s.Status() }, s.metrics())); err != nil {
+				s.log.Error("status server", "err", err)
+			}
+		}()
+	}
+	go func() { <-ctx.Done(); ln.Close() }()
+	var wg sync.WaitGroup
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			s.log.Error("accept", "err", err)
+			time.Sleep(100 * time.Millisecond)
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.serve(ctx, c)
+		}()
+	}
+	wg.Wait()
+	s.mu.Lock()
+	ms := make([]*machine, 0, len(s.machines))
+	for _, m := range s.machines {
+		ms = append(ms, m)
+	}
+	s.mu.Unlock()
+	for _, m := range ms {
+		m.wg.Wait()
+		m.close()
+	}
+	return nil
+}
+
+func refuse(c *transport.Conn, code, msg string) {
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = c.WriteJSON(wire.TypeError, wire.ErrorMsg{Code: code, Message: msg})
+}
+
+func (s *Server) serve(ctx context.Context, raw net.Conn) {
+	defer raw.Close()
+	c, err := transport.Accept(ctx, raw)
+	if err != nil {
+		s.log.Warn("connection refused", "remote", raw.RemoteAddr().String(), "err", err)
+		return
+	}
+	defer c.Close()
+	id, err := pki.PeerIdentity(c.TLS.ConnectionState())
+	if err != nil || id.Role != pki.RoleProcessServer {
+		s.log.Warn("peer is not a process server", "remote", raw.RemoteAddr().String(), "identity", id, "err", err)
+		refuse(c, "identity", fmt.Sprintf("peer %v is not a process server", id))
+		return
+	}
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	var h wire.Hello
+	if err := c.ReadJSON(wire.TypeHello, &h); err != nil {
+		s.log.Warn("handshake failed", "peer", id.Name, "err", err)
+		return
+	}
+	m, err := s.machine(h)
+	if err != nil {
+		s.log.Error("refusing machine", "machine", h.Machine, "process_server", id.Name, "err", err)
+		refuse(c, "replica", err.Error())
+		return
+	}
+	m.runSession(ctx, c, id.Name)
+}
+
+// machine returns the machine of a Hello, creating its replicas on first
+// contact and checking that existing ones match the disks.
+func (s *Server) machine(h wire.Hello) (*machine, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if m, ok := s.machines[h.Machine]; ok {
+		if err := m.checkDisks(h.Disks); err != nil {
+			return nil, err
+		}
+		return m, nil
+	}
+	m, err := openMachine(s, h.Machine, h.Disks)
+	if err != nil {
+		return nil, err
+	}
+	s.machines[m.name] = m
+	if s.runCtx != nil {
+		m.start(s.runCtx)
+	}
+	return m, nil
+}
+
+// Status of the master target.
+type Status struct {
+	Role     string          `json:"role"`
+	Name     string          `json:"name"`
+	Listen   string          `json:"listen"`
+	DataDir  string          `json:"data_dir"`
+	Machines []MachineStatus `json:"machines"`
+}
+
+// Status reports the master target's state now.
+func (s *Server) Status() Status {
+	s.mu.Lock()
+	st := Status{Role: "master-target", Name: s.cfg.Name, Listen: s.addr, DataDir: s.cfg.DataDir}
+	ms := make([]*machine, 0, len(s.machines))
+	for _, m := range s.machines {
+		ms = append(ms, m)
+	}
+	s.mu.Unlock()
+	sort.Slice(ms, func(i, j int) bool { return ms[i].name < ms[j].name })
+	for _, m := range ms {
+		st.Machines = append(st.Machines, m.status())
+	}
+	return st
+}

@@ -1,0 +1,380 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+)
+
+// conn is one connection in the transmission phase. A single goroutine reads
+// requests (and WRITE payloads, which must be consumed in order); each
+// request then runs on its own goroutine so a slow flush does not hold up
+// reads queued behind it, and replies are serialised onto the socket.
+type conn struct {
+	nc      net.Conn
+	br      *bufio.Reader
+	bw      *bufio.Writer
+	sess    *session
+	backend Backend
+	size    uint64
+	bufs    *bufPool
+	sem     chan struct{}
+	log     *slog.Logger
+	ctx     context.Context
+	wg      sync.WaitGroup
+
+	wmu sync.Mutex
+	// waiting counts repliers queued on wmu. The holder skips the flush
+	// while others wait, since the last of them will flush: one syscall
+	// carries a burst of replies at high queue depth, while a lone reply
+	// still goes out immediately.
+	waiting atomic.Int32
+	werr    error                         // first write error; guarded by wmu
+	scratch [structuredReplySize + 8]byte // reply header space; guarded by wmu
+}
+
+// errDisconnect reports a clean NBD_CMD_DISC.
+var errDisconnect = errors.New("nbd: client sent NBD_CMD_DISC")
+
+// transmit runs the request loop until the client disconnects, the
+// connection fails or ctx is done. It returns nil for a clean disconnect
+// and always waits for in-flight requests before returning.
+func (c *conn) transmit(ctx context.Context) error {
+	// Backend calls do not inherit ctx's cancellation: on shutdown
+	// in-flight requests are completed and answered, as the spec asks.
+	// They are cancelled only when the client has gone and nobody is
+	// left to answer.
+	bctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	c.ctx = bctx
+
+	err := c.readLoop()
+	if err != nil && !errors.Is(err, errDisconnect) && ctx.Err() == nil {
+		cancel()
+	}
+	c.wg.Wait()
+	c.wmu.Lock()
+	if c.werr == nil {
+		c.werr = c.bw.Flush()
+	}
+	werr := c.werr
+	c.wmu.Unlock()
+	switch {
+	case errors.Is(err, errDisconnect):
+		if werr != nil {
+			return fmt.Errorf("nbd: sending final replies: %w", werr)
+		}
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	}
+	return err
+}
+
+func (c *conn) readLoop() error {
+	var hdr [requestHeaderSize]byte
+	for {
+		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			return fmt.Errorf("nbd: reading request header: %w", err)
+		}
+		req, err := parseRequestHeader(hdr[:])
+		if err != nil {
+			// Without a valid magic we cannot find the next request.
+			return err
+		}
+		var buf *[]byte
+		switch req.typ {
+		case cmdDisc:
+			return errDisconnect
+		case cmdWrite:
+			if req.length > MaxPayload {
+				// The length is known, so skipping the payload keeps the
+				// stream in sync and the connection usable.
+				if _, err := io.CopyN(io.Discard, c.br, int64(req.length)); err != nil {
+					return fmt.Errorf("nbd: skipping oversized write payload: %w", err)
+				}
+				c.replyError(req, errnoInval, "write of %d bytes exceeds the maximum payload of %d", req.length, MaxPayload)
+				continue
+			}
+			buf = c.bufs.get(int(req.length))
+			if _, err := io.ReadFull(c.br, (*buf)[:req.length]); err != nil {
+				c.bufs.put(buf)
+				return fmt.Errorf("nbd: reading %d-byte write payload: %w", req.length, err)
+			}
+		}
+		c.sem <- struct{}{}
+		c.wg.Add(1)
+		go c.handle(req, buf)
+	}
+}
+
+// check validates a request against the negotiated session. It returns an
+// errno and message for requests that must be refused.
+func (c *conn) check(req request) (uint32, string) {
+	var allowed uint16 = cmdFlagFUA // valid on every command once SEND_FUA is set
+	write := false
+	switch req.typ {
+	case cmdRead:
+		if c.sess.structured {
+			allowed |= cmdFlagDF
+		}
+		if req.length > MaxPayload {
+			return errnoInval, "read larger than the maximum payload"
+		}
+	case cmdWrite:
+		write = true
+	case cmdFlush:
+	case cmdTrim:
+		write = true
+	case cmdWriteZeroes:
+		write = true
+		allowed |= cmdFlagNoHole
+	case cmdBlockStatus:
+		allowed |= cmdFlagReqOne
+		if !c.sess.baseAlloc {
+			return errnoInval, "no meta context was negotiated"
+		}
+		if req.length == 0 {
+			return errnoInval, "block status of zero length"
+		}
+	default:
+		return errnoInval, "unknown command"
+	}
+	if req.flags&^allowed != 0 {
+		return errnoInval, "command flags not valid for this command"
+	}
+	if write && c.sess.export.ReadOnly {
+		return errnoPerm, "export is read-only"
+	}
+	if req.typ != cmdFlush && (req.offset > c.size || uint64(req.length) > c.size-req.offset) {
+		if req.typ == cmdWrite || req.typ == cmdWriteZeroes {
+			// The spec's choice for writes past the end of the device.
+			return errnoNoSpc, "request extends beyond the end of the export"
+		}
+		return errnoInval, "request extends beyond the end of the export"
+	}
+	return 0, ""
+}
+
+func (c *conn) handle(req request, buf *[]byte) {
+	defer func() {
+		c.bufs.put(buf)
+		<-c.sem
+		c.wg.Done()
+	}()
+	if errno, msg := c.check(req); errno != 0 {
+		c.replyError(req, errno, "%s", msg)
+		return
+	}
+	ctx := c.ctx
+	off, n := int64(req.offset), int64(req.length)
+	fua := req.flags&cmdFlagFUA != 0
+	var err error
+	switch req.typ {
+	case cmdRead:
+		c.read(req)
+		return
+	case cmdWrite:
+		err = c.backend.WriteAt(ctx, (*buf)[:n], off, fua)
+	case cmdFlush:
+		err = c.backend.Flush(ctx)
+	case cmdTrim:
+		if n > 0 {
+			err = c.backend.Trim(ctx, off, n, fua)
+		}
+	case cmdWriteZeroes:
+		if n > 0 {
+			err = c.backend.WriteZeroes(ctx, off, n, fua, req.flags&cmdFlagNoHole != 0)
+		}
+	case cmdBlockStatus:
+		c.blockStatus(req)
+		return
+	}
+	if err != nil {
+		c.log.Warn("nbd: request failed", "cmd", req.typ, "offset", off, "length", n, "err", err)
+		c.replyError(req, errnoFor(err), "%v", err)
+		return
+	}
+	c.replySimple(req.handle, 0, nil)
+}
+
+func (c *conn) read(req request) {
+	if req.length == 0 {
+		if c.sess.structured {
+			c.replyNone(req.handle)
+		} else {
+			c.replySimple(req.handle, 0, nil)
+		}
+		return
+	}
+	buf := c.bufs.get(int(req.length))
+	defer c.bufs.put(buf)
+	p := (*buf)[:req.length]
+	if err := c.backend.ReadAt(c.ctx, p, int64(req.offset)); err != nil {
+		c.log.Warn("nbd: read failed", "offset", req.offset, "length", req.length, "err", err)
+		c.replyError(req, errnoFor(err), "%v", err)
+		return
+	}
+	if c.sess.structured {
+		c.replyData(req.handle, req.offset, p)
+	} else {
+		c.replySimple(req.handle, 0, p)
+	}
+}
+
+// maxDescriptors caps one block-status reply; the spec lets a server answer
+// less than the requested range, and the client then asks again.
+const maxDescriptors = 1024
+
+var errEnoughExtents = errors.New("enough extents")
+
+func (c *conn) blockStatus(req request) {
+	one := req.flags&cmdFlagReqOne != 0
+	descs := make([]byte, 0, 64)
+	var lastFlags uint32
+	// add appends a descriptor, merging it into the previous one when the
+	// status is the same (the spec asks for distinct consecutive
+	// statuses). The request length is 32 bits, so sums cannot overflow.
+	add := func(n uint64, flags uint32) bool {
+		if k := len(descs); k > 0 && lastFlags == flags {
+			binary.BigEndian.PutUint32(descs[k-8:], binary.BigEndian.Uint32(descs[k-8:])+uint32(n))
+			return true
+		}
+		if len(descs)/8 >= maxDescriptors || (one && len(descs) > 0) {
+			return false
+		}
+		descs = binary.BigEndian.AppendUint32(descs, uint32(n))
+		descs = binary.BigEndian.AppendUint32(descs, flags)
+		lastFlags = flags
+		return true
+	}
+	if ext, ok := c.backend.(Extenter); ok {
+		err := ext.Extents(c.ctx, int64(req.offset), int64(req.length), func(_, n int64, hole bool) error {
+			var flags uint32
+			if hole {
+				flags = stateHole | stateZero
+			}
+			if n <= 0 || !add(uint64(n), flags) {
+				return errEnoughExtents
+			}
+			return nil
+		})
+		if err != nil && !errors.Is(err, errEnoughExtents) {
+			// Status 0 ("allocated, contents unknown") is always a
+			// truthful answer, so a failed lookup need not fail the
+			// request.
+			c.log.Debug("nbd: extent lookup failed, reporting data", "offset", req.offset, "err", err)
+		}
+	}
+	if len(descs) == 0 {
+		// No backend information: everything is data.
+		add(uint64(req.length), 0)
+	}
+	c.replyBlockStatus(req.handle, descs)
+}
+
+// lockWriter/unlockWriter bracket writing one reply. lockWriter returns
+// false, without the lock, when the reply stream has already failed.
+// unlockWriter flushes unless another reply is already queued behind.
+func (c *conn) lockWriter() bool {
+	c.waiting.Add(1)
+	c.wmu.Lock()
+	c.waiting.Add(-1)
+	if c.werr != nil {
+		c.wmu.Unlock()
+		return false
+	}
+	return true
+}
+
+func (c *conn) unlockWriter(err error) {
+	if err == nil && c.waiting.Load() == 0 {
+		err = c.bw.Flush()
+	}
+	if err != nil && c.werr == nil {
+		c.werr = err
+		// The reply stream is now unrecoverable; closing wakes the
+		// reader so the connection winds down.
+		c.nc.Close()
+	}
+	c.wmu.Unlock()
+}
+
+func (c *conn) replySimple(handle uint64, errno uint32, data []byte) {
+	if !c.lockWriter() {
+		return
+	}
+	putSimpleReply(c.scratch[:simpleReplySize], errno, handle)
+	_, err := c.bw.Write(c.scratch[:simpleReplySize])
+	if err == nil && len(data) > 0 {
+		_, err = c.bw.Write(data)
+	}
+	c.unlockWriter(err)
+}
+
+func (c *conn) replyData(handle, off uint64, data []byte) {
+	if !c.lockWriter() {
+		return
+	}
+	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeOffsetData, handle, uint32(8+len(data)))
+	binary.BigEndian.PutUint64(c.scratch[structuredReplySize:], off)
+	_, err := c.bw.Write(c.scratch[:structuredReplySize+8])
+	if err == nil {
+		_, err = c.bw.Write(data)
+	}
+	c.unlockWriter(err)
+}
+
+func (c *conn) replyNone(handle uint64) {
+	if !c.lockWriter() {
+		return
+	}
+	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeNone, handle, 0)
+	_, err := c.bw.Write(c.scratch[:structuredReplySize])
+	c.unlockWriter(err)
+}
+
+func (c *conn) replyBlockStatus(handle uint64, descs []byte) {
+	if !c.lockWriter() {
+		return
+	}
+	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeBlockStatus, handle, uint32(4+len(descs)))
+	binary.BigEndian.PutUint32(c.scratch[structuredReplySize:], metaContextBaseAllocation)
+	_, err := c.bw.Write(c.scratch[:structuredReplySize+4])
+	if err == nil {
+		_, err = c.bw.Write(descs)
+	}
+	c.unlockWriter(err)
+}
+
+// replyError answers req with an error: a structured error chunk carrying
+// the message when structured replies were negotiated (a READ must be
+// answered that way then), else a simple reply with just the errno.
+func (c *conn) replyError(req request, errno uint32, format string, args ...any) {
+	if !c.sess.structured {
+		c.replySimple(req.handle, errno, nil)
+		return
+	}
+	msg := fmt.Sprintf(format, args...)
+	if len(msg) > maxString {
+		msg = msg[:maxString]
+	}
+	if !c.lockWriter() {
+		return
+	}
+	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeError, req.handle, uint32(6+len(msg)))
+	binary.BigEndian.PutUint32(c.scratch[structuredReplySize:], errno)
+	binary.BigEndian.PutUint16(c.scratch[structuredReplySize+4:], uint16(len(msg)))
+	_, err := c.bw.Write(c.scratch[:structuredReplySize+6])
+	if err == nil {
+		_, err = c.bw.WriteString(msg)
+	}
+	c.unlockWriter(err)
+}

@@ -1,0 +1,46 @@
+package processserver
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"standby/internal/wire"
+)
+
+func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// waitBandwidth holds a frame of n bytes until the master target's
+// bandwidth budget allows it, and reports how long it waited: time spent
+// here means the link, not the CPU, is the bottleneck.
+func (s *Server) waitBandwidth(ctx context.Context, n int) time.Duration {
+	if s.limiter == nil {
+		return 0
+	}
+	start := time.Now()
+	for n > 0 {
+		k := min(n, s.limiter.Burst())
+		if err := s.limiter.WaitN(ctx, k); err != nil {
+			return time.Since(start)
+		}
+		n -= k
+	}
+	return time.Since(start)
+}
+
+// chooseCodec applies the compression policy. Adaptive: while frames wait
+// for bandwidth, spend CPU on zstd's better ratio; when they don't, the
+// CPU is the limit and s2's speed wins.
+func (s *Server) chooseCodec(prev wire.Codec, waited time.Duration) wire.Codec {
+	if s.cfg.Compression != "adaptive" {
+		c, _ := wire.ParseCodec(s.cfg.Compression)
+		return c
+	}
+	if waited > time.Millisecond {
+		return wire.CodecZstd
+	}
+	if waited == 0 {
+		return wire.CodecS2
+	}
+	return prev
+}

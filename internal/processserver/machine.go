@@ -1,0 +1,353 @@
+package processserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"standby/internal/seglog"
+	"standby/internal/transport"
+	"standby/internal/wire"
+)
+
+// machine is one protected machine's cache and forwarder.
+type machine struct {
+	s    *Server
+	name string
+	log  *seglog.Log
+	wg   sync.WaitGroup
+
+	mu          sync.Mutex
+	hello       wire.Hello
+	lastSeq     uint64 // newest seq in the cache (dedupes resent records)
+	mtCached    uint64
+	mtDurable   uint64
+	agentConns  int
+	session     uint64 // current agent session; older ones stop
+	mtConnected bool
+	mtErr       string
+	codec       wire.Codec
+	bytesIn     uint64
+	rawOut      uint64
+	wireOut     uint64
+	started     bool
+
+	notify chan struct{} // wakes the agent session to send an ack
+}
+
+func (m *machine) updateHello(h wire.Hello) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.hello.Disks) > 0 && len(h.Disks) == len(m.hello.Disks) {
+		same := true
+		for i := range h.Disks {
+			if h.Disks[i] != m.hello.Disks[i] {
+				same = false
+			}
+		}
+		if same {
+			return nil
+		}
+	}
+	if st := m.log.Stats(); st.Entries > 0 && len(m.hello.Disks) > 0 {
+		return fmt.Errorf("machine %s changed its disks (%v → %v) while %d batches are still cached for the old layout", m.name, m.hello.Disks, h.Disks, st.Entries)
+	}
+	m.hello = h
+	return writeFileAtomic(m.s.cfg.CacheDir+"/"+m.name+"/hello.json", h)
+}
+
+func (m *machine) wake() {
+	select {
+	case m.notify <- struct{}{}:
+	default:
+	}
+}
+
+// runAgentSession takes batches from the agent: each is decoded (so a
+// corrupt one is refused before it reaches the cache), stripped of records
+// already cached, appended (fsynced when it holds captured writes) and only
+// then acknowledged.
+func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
+	m.mu.Lock()
+	m.session++
+	my := m.session
+	m.agentConns++
+	w := wire.Welcome{Cached: m.lastSeq, Durable: m.mtDurable}
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		m.agentConns--
+		m.mu.Unlock()
+	}()
+	lg := m.s.log.With("machine", m.name)
+	if err := c.WriteJSON(wire.TypeWelcome, w); err != nil {
+		lg.Warn("welcoming agent", "err", err)
+		return
+	}
+	_ = c.SetDeadline(time.Time{})
+	lg.Info("agent connected", "remote", c.TLS.RemoteAddr().String(), "cached", w.Cached)
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Acks for master-target progress go out even when the agent is idle.
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-sctx.Done():
+				return
+			case <-m.notify:
+			case <-t.C:
+			}
+			m.mu.Lock()
+			a := wire.Ack{Cached: m.lastSeq, Durable: m.mtDurable}
+			stale := m.session != my
+			m.mu.Unlock()
+			if stale {
+				c.Close()
+				return
+			}
+			if err := c.WriteFrame(wire.TypeAck, wire.AppendAck(nil, a), wire.CodecNone); err != nil {
+				cancel()
+				return
+			}
+		}
+	}()
+	go func() { <-sctx.Done(); c.Close() }()
+	var buf []byte
+	for {
+		t, p, err := c.ReadFrame()
+		if err != nil {
+			if sctx.Err() == nil {
+				lg.Warn("agent session ended", "err", err)
+				if errors.Is(err, wire.ErrCorrupt) {
+					refuse(c, "corrupt", err.Error())
+				}
+			}
+			return
+		}
+		if t == wire.TypePing {
+			continue
+		}
+		if t != wire.TypeBatch {
+			refuse(c, "protocol", fmt.Sprintf("unexpected %s frame", t))
+			return
+		}
+		b, err := wire.DecodeBatch(p)
+		if err != nil {
+			lg.Error("refusing corrupt batch from agent", "err", err)
+			refuse(c, "corrupt", err.Error())
+			return
+		}
+		m.mu.Lock()
+		last := m.lastSeq
+		stale := m.session != my
+		m.mu.Unlock()
+		if stale {
+			return
+		}
+		if b.Last <= last {
+			continue // all of it cached already
+		}
+		data := p
+		if b.First <= last {
+			k := 0
+			for k < len(b.Records) && b.Records[k].Seq <= last {
+				k++
+			}
+			b.Records = b.Records[k:]
+			b.First = b.Records[0].Seq
+			buf = wire.AppendBatch(buf[:0], &b)
+			data = buf
+		}
+		if err := m.log.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, b.Captured()); err != nil {
+			if sctx.Err() == nil {
+				lg.Error("caching batch", "err", err)
+				refuse(c, "cache", err.Error())
+			}
+			return
+		}
+		m.mu.Lock()
+		m.lastSeq = b.Last
+		m.bytesIn += uint64(len(data))
+		m.mu.Unlock()
+		m.wake()
+	}
+}
+
+func (m *machine) startForwarder(ctx context.Context) {
+	m.mu.Lock()
+	if m.started {
+		m.mu.Unlock()
+		return
+	}
+	m.started = true
+	m.mu.Unlock()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.runForwarder(ctx)
+	}()
+}
+
+// runForwarder keeps a session with the master target and sends the cache
+// from where the master target's intake ends.
+func (m *machine) runForwarder(ctx context.Context) {
+	lg := m.s.log.With("machine", m.name)
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		err := m.forward(ctx)
+		m.mu.Lock()
+		m.mtConnected = false
+		if err != nil {
+			m.mtErr = err.Error()
+		}
+		m.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		var em *wire.ErrorMsg
+		if errors.As(err, &em) {
+			lg.Error("master target refused the session", "code", em.Code, "err", em.Message)
+		} else {
+			lg.Warn("session with master target ended", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func (m *machine) forward(ctx context.Context) error {
+	c, err := transport.Dial(ctx, m.s.cfg.MasterTarget, m.s.cfg.ClientTLS)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	m.mu.Lock()
+	h := m.hello
+	m.mu.Unlock()
+	h.Role = "process-server"
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if err := c.WriteJSON(wire.TypeHello, h); err != nil {
+		return err
+	}
+	var w wire.Welcome
+	if err := c.ReadJSON(wire.TypeWelcome, &w); err != nil {
+		return fmt.Errorf("handshake with master target: %w", err)
+	}
+	_ = c.SetDeadline(time.Time{})
+	m.ackFromMT(wire.Ack{Cached: w.Cached, Durable: w.Durable})
+	m.mu.Lock()
+	m.mtConnected = true
+	m.mtErr = ""
+	m.mu.Unlock()
+	m.s.log.Info("forwarding to master target", "machine", m.name, "addr", m.s.cfg.MasterTarget, "from_seq", w.Cached+1)
+
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() {
+		for {
+			t, p, err := c.ReadFrame()
+			if err != nil {
+				errc <- fmt.Errorf("reading from master target: %w", err)
+				return
+			}
+			switch t {
+			case wire.TypeAck:
+				a, err := wire.DecodeAck(p)
+				if err != nil {
+					errc <- err
+					return
+				}
+				m.ackFromMT(a)
+			case wire.TypeError:
+				var em wire.ErrorMsg
+				_ = jsonUnmarshal(p, &em)
+				errc <- &em
+				return
+			case wire.TypePing:
+			default:
+				errc <- fmt.Errorf("%w: unexpected %s frame from master target", wire.ErrCorrupt, t)
+				return
+			}
+		}
+	}()
+	go func() { <-sctx.Done(); c.Close() }()
+	r := m.log.NewReader(w.Cached + 1)
+	defer r.Close()
+	go func() {
+		codec := wire.CodecS2
+		for {
+			e, err := r.Next(sctx)
+			if err != nil {
+				errc <- err
+				return
+			}
+			waited := m.s.waitBandwidth(sctx, len(e.Data))
+			if sctx.Err() != nil {
+				errc <- sctx.Err()
+				return
+			}
+			codec = m.s.chooseCodec(codec, waited)
+			if err := c.WriteFrame(wire.TypeBatch, e.Data, codec); err != nil {
+				errc <- err
+				return
+			}
+			raw, onWire := c.Counters()
+			m.mu.Lock()
+			m.codec = codec
+			m.rawOut, m.wireOut = raw, onWire
+			m.mu.Unlock()
+		}
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+// ackFromMT records master-target progress and drops what it has durably.
+func (m *machine) ackFromMT(a wire.Ack) {
+	m.mu.Lock()
+	if a.Cached > m.mtCached {
+		m.mtCached = a.Cached
+	}
+	adv := a.Durable > m.mtDurable
+	if adv {
+		m.mtDurable = a.Durable
+	}
+	d := m.mtDurable
+	m.mu.Unlock()
+	if adv {
+		if err := m.log.TrimThrough(d); err != nil {
+			m.s.log.Error("trimming cache", "machine", m.name, "err", err)
+		}
+		m.wake()
+	}
+}
+
+func (m *machine) status() MachineStatus {
+	st := m.log.Stats()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ms := MachineStatus{Machine: m.name, AgentConnected: m.agentConns > 0, MTConnected: m.mtConnected, MTError: m.mtErr,
+		CacheBytes: st.Bytes, CacheLimit: m.s.cfg.CacheBytes, LastSeq: m.lastSeq, ForwardedSeq: m.mtCached, DurableSeq: m.mtDurable,
+		Codec: m.codec.String(), BytesIn: m.bytesIn, BytesOut: m.wireOut}
+	if m.s.cfg.CacheBytes > 0 {
+		ms.CacheFill = float64(st.Bytes) / float64(m.s.cfg.CacheBytes)
+	}
+	if m.wireOut > 0 {
+		ms.CompressionRatio = float64(m.rawOut) / float64(m.wireOut)
+	}
+	return ms
+}

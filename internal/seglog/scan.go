@@ -1,0 +1,288 @@
+package seglog
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// recover rebuilds the in-memory state from the segment files and repairs a
+// torn tail. Called by Open only.
+func (l *Log) recover() error {
+	start := time.Now()
+	bases, err := listSegments(l.dir, l.log)
+	if err != nil {
+		return err
+	}
+	var (
+		prevLast uint64
+		havePrev bool
+	)
+	for i, base := range bases {
+		last := i == len(bases)-1
+		path := filepath.Join(l.dir, segmentName(base))
+		verify := last || !l.opts.TrustSealed
+		s, torn, err := scanSegment(path, base, prevLast, havePrev, verify, last)
+		if err != nil {
+			return err
+		}
+		if torn != nil {
+			if err := l.truncateTail(s, torn); err != nil {
+				return err
+			}
+			if s.size == 0 {
+				continue
+			}
+		}
+		l.segs = append(l.segs, s)
+		l.bytes += s.size
+		l.entries += s.entries
+		prevLast, havePrev = s.last, true
+	}
+	l.lastSeq, l.haveLast = prevLast, havePrev
+	l.durableSeq = prevLast
+	if len(l.segs) > 0 {
+		act := l.segs[len(l.segs)-1]
+		f, err := os.OpenFile(act.path, os.O_RDWR, 0)
+		if err != nil {
+			return fmt.Errorf("opening active segment: %w", err)
+		}
+		l.wf = f
+		// What a killed process left in the page cache is readable but not
+		// necessarily on disk; DurableSeq must not claim it until it is.
+		if err := fdatasync(f); err != nil {
+			return fmt.Errorf("syncing active segment: %w", err)
+		}
+	}
+	if err := syncDir(l.dir); err != nil {
+		return err
+	}
+	l.log.Debug("opened", "segments", len(l.segs), "entries", l.entries, "bytes", l.bytes,
+		"first_seq", l.firstSeqLocked(), "last_seq", l.lastSeq, "took", time.Since(start))
+	return nil
+}
+
+func (l *Log) firstSeqLocked() uint64 {
+	if len(l.segs) == 0 {
+		return 0
+	}
+	return l.segs[0].first
+}
+
+// tornTail describes where the last segment stops holding whole records.
+type tornTail struct {
+	offset int64
+	size   int64 // file size before truncation
+	reason error
+}
+
+// truncateTail cuts the last segment back to its last whole record, or
+// removes it when not even its first record is whole.
+func (l *Log) truncateTail(s *segment, t *tornTail) error {
+	l.log.Warn("truncating torn tail of last segment",
+		"segment", s.path, "offset", t.offset, "dropped_bytes", t.size-t.offset, "reason", t.reason.Error())
+	if t.offset == 0 {
+		if err := os.Remove(s.path); err != nil {
+			return fmt.Errorf("removing segment %s without a whole record: %w", s.path, err)
+		}
+		return nil
+	}
+	f, err := os.OpenFile(s.path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("truncating %s: %w", s.path, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(t.offset); err != nil {
+		return fmt.Errorf("truncating %s at %d: %w", s.path, t.offset, err)
+	}
+	if err := fdatasync(f); err != nil {
+		return fmt.Errorf("truncating %s: %w", s.path, err)
+	}
+	return nil
+}
+
+// listSegments returns the bases of the segment files in dir, ascending.
+func listSegments(dir string, log *slog.Logger) ([]uint64, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("listing segments: %w", err)
+	}
+	var bases []uint64
+	for _, de := range ents {
+		name := de.Name()
+		if name == "LOCK" {
+			continue
+		}
+		base, ok := parseSegmentName(name)
+		if !ok {
+			log.Warn("ignoring unexpected file in log directory", "file", filepath.Join(dir, name))
+			continue
+		}
+		if !de.Type().IsRegular() {
+			return nil, fmt.Errorf("segment %s is not a regular file", filepath.Join(dir, name))
+		}
+		bases = append(bases, base)
+	}
+	slices.Sort(bases)
+	return bases, nil
+}
+
+func parseSegmentName(name string) (uint64, bool) {
+	digits, ok := strings.CutSuffix(name, ".seg")
+	if !ok || len(digits) != 20 {
+		return 0, false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	base, err := strconv.ParseUint(digits, 10, 64)
+	return base, err == nil
+}
+
+// scanSegment walks the records of one segment file, checking structure,
+// sequence order and (with verify) every checksum. For the last segment a
+// damaged or incomplete record is reported as a torn tail when nothing valid
+// follows it; any other damage is a *CorruptError.
+func scanSegment(path string, base, prevLast uint64, havePrev, verify, last bool) (*segment, *tornTail, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("scanning segment: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, nil, fmt.Errorf("scanning segment: %w", err)
+	}
+	size := fi.Size()
+	s := &segment{base: base, path: path}
+	corrupt := func(off int64, err error) error {
+		return &CorruptError{Segment: path, Offset: off, Err: err}
+	}
+	// damaged handles a record that cannot be decoded at off.
+	damaged := func(off int64, reason error) (*segment, *tornTail, error) {
+		if !last {
+			if errors.Is(reason, errShortRecord) {
+				reason = fmt.Errorf("%w: sealed segment ends inside a record", ErrCorrupt)
+			}
+			return nil, nil, corrupt(off, reason)
+		}
+		p, err := findRecordAfter(f, off, size)
+		if err != nil {
+			return nil, nil, fmt.Errorf("scanning segment %s: %w", path, err)
+		}
+		if p >= 0 {
+			// A whole record after the damaged one means this is not what
+			// an interrupted append leaves: data that may have been
+			// acknowledged is damaged.
+			if errors.Is(reason, errShortRecord) {
+				reason = fmt.Errorf("%w: record runs past end of file", ErrCorrupt)
+			}
+			return nil, nil, corrupt(off, fmt.Errorf("%w (a valid record follows at offset %d)", reason, p))
+		}
+		return s, &tornTail{offset: off, size: size, reason: reason}, nil
+	}
+
+	if size == 0 {
+		if last {
+			return s, &tornTail{offset: 0, size: 0, reason: errors.New("empty segment")}, nil
+		}
+		return nil, nil, corrupt(0, fmt.Errorf("%w: empty sealed segment", ErrCorrupt))
+	}
+	var br *bufio.Reader
+	if verify {
+		br = bufio.NewReaderSize(f, 1<<20)
+	}
+	var hdr [headerSize]byte
+	off := int64(0)
+	for off < size {
+		if size-off < headerSize {
+			return damaged(off, errShortRecord)
+		}
+		if verify {
+			_, err = io.ReadFull(br, hdr[:])
+		} else {
+			_, err = f.ReadAt(hdr[:], off)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading %s at %d: %w", path, off, err)
+		}
+		h, err := parseHeader(hdr[:])
+		if err != nil {
+			return damaged(off, err)
+		}
+		n := int64(headerSize) + int64(h.length)
+		if n > size-off {
+			return damaged(off, errShortRecord)
+		}
+		if verify {
+			sum := crc32.Update(0, castagnoli, hdr[:crcOffset])
+			// Checksummed straight out of the read buffer: no copy.
+			for left := int(h.length); left > 0; {
+				p, err := br.Peek(min(left, br.Size()))
+				if err != nil {
+					return nil, nil, fmt.Errorf("reading %s at %d: %w", path, off, err)
+				}
+				sum = crc32.Update(sum, castagnoli, p)
+				br.Discard(len(p))
+				left -= len(p)
+			}
+			if got, want := sum, binary.LittleEndian.Uint32(hdr[crcOffset:]); got != want {
+				return damaged(off, fmt.Errorf("%w: checksum %#08x, header says %#08x", ErrCorrupt, got, want))
+			}
+		}
+		// A record that passes its checksum but breaks the order was
+		// written wrong, not torn: never a tail to cut.
+		if off == 0 && h.first != base {
+			return nil, nil, corrupt(off, fmt.Errorf("%w: first seq %d does not match file name", ErrCorrupt, h.first))
+		}
+		if havePrev && h.first <= prevLast {
+			return nil, nil, corrupt(off, fmt.Errorf("%w: first seq %d not above previous last %d", ErrCorrupt, h.first, prevLast))
+		}
+		if s.entries == 0 {
+			s.first = h.first
+		}
+		s.last = h.last
+		s.entries++
+		s.size = off + n
+		prevLast, havePrev = h.last, true
+		off += n
+	}
+	return s, nil, nil
+}
+
+// findRecordAfter returns the offset of the first whole, valid record that
+// starts after off, or -1. Only used on the failure path of the last segment,
+// which is at most about one segment long.
+func findRecordAfter(f *os.File, off, size int64) (int64, error) {
+	rest := make([]byte, size-off)
+	if _, err := f.ReadAt(rest, off); err != nil {
+		return 0, fmt.Errorf("reading tail: %w", err)
+	}
+	var magic [4]byte
+	binary.LittleEndian.PutUint32(magic[:], recordMagic)
+	for p := 1; p < len(rest); {
+		i := bytes.Index(rest[p:], magic[:])
+		if i < 0 {
+			return -1, nil
+		}
+		p += i
+		if _, _, err := decodeRecord(rest[p:]); err == nil {
+			return off + int64(p), nil
+		}
+		p++
+	}
+	return -1, nil
+}

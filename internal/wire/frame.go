@@ -1,0 +1,330 @@
+// Package wire is the data-plane framing between agent, process server and
+// master target: a small framed stream (not HTTP) because bulk data must not
+// pay for chunked encoding, and every frame carries its own checksums so a
+// corrupted or truncated frame is refused before any of it is used.
+package wire
+
+import (
+	"bufio"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/s2"
+	"github.com/klauspost/compress/zstd"
+)
+
+// Frame header layout (little-endian), 24 bytes:
+//
+//	0  magic   u32  "SBW1"
+//	4  version u8   1
+//	5  type    u8
+//	6  codec   u8   Codec of the payload
+//	7  -       u8   reserved, zero
+//	8  length  u32  payload bytes on the wire
+//	12 rawLen  u32  payload bytes after decompression
+//	16 pcrc    u32  CRC-32C of the wire payload
+//	20 hcrc    u32  CRC-32C of bytes 0..19
+const (
+	HeaderSize = 24
+	Magic      = 0x31574253 // "SBW1"
+	Version    = 1
+	// MaxPayload bounds a frame so a corrupt length can never make a peer
+	// allocate without limit.
+	MaxPayload = 64 << 20
+)
+
+// Type says what a frame holds.
+type Type uint8
+
+const (
+	TypeHello   Type = 1 // JSON Hello, first frame from the connecting side
+	TypeWelcome Type = 2 // JSON Welcome, the answer
+	TypeBatch   Type = 3 // binary Batch
+	TypeAck     Type = 4 // binary Ack
+	TypeError   Type = 5 // JSON ErrorMsg; the sender closes after it
+	TypeStatus  Type = 6 // JSON status request/answer
+	TypePing    Type = 7 // keepalive, empty
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeHello:
+		return "hello"
+	case TypeWelcome:
+		return "welcome"
+	case TypeBatch:
+		return "batch"
+	case TypeAck:
+		return "ack"
+	case TypeError:
+		return "error"
+	case TypeStatus:
+		return "status"
+	case TypePing:
+		return "ping"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// Codec is the compression of a frame payload.
+type Codec uint8
+
+const (
+	CodecNone Codec = 0
+	CodecZstd Codec = 1
+	CodecS2   Codec = 2
+)
+
+func (c Codec) String() string {
+	switch c {
+	case CodecNone:
+		return "none"
+	case CodecZstd:
+		return "zstd"
+	case CodecS2:
+		return "s2"
+	}
+	return fmt.Sprintf("codec(%d)", uint8(c))
+}
+
+// ParseCodec maps a policy name to a codec.
+func ParseCodec(s string) (Codec, error) {
+	switch s {
+	case "", "none", "off":
+		return CodecNone, nil
+	case "zstd":
+		return CodecZstd, nil
+	case "s2":
+		return CodecS2, nil
+	}
+	return 0, fmt.Errorf("unknown compression %q (want none, zstd, s2 or adaptive)", s)
+}
+
+// ErrCorrupt marks frames that fail validation: the connection must be
+// dropped, nothing in the frame may be used.
+var ErrCorrupt = errors.New("corrupt frame")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Header is a decoded frame header.
+type Header struct {
+	Type   Type
+	Codec  Codec
+	Length uint32
+	RawLen uint32
+	PCRC   uint32
+}
+
+// DecodeHeader validates and decodes a frame header.
+func DecodeHeader(b []byte) (Header, error) {
+	if len(b) < HeaderSize {
+		return Header{}, fmt.Errorf("%w: short header (%d bytes)", ErrCorrupt, len(b))
+	}
+	if m := binary.LittleEndian.Uint32(b[0:]); m != Magic {
+		return Header{}, fmt.Errorf("%w: bad magic %#08x (not a standby peer?)", ErrCorrupt, m)
+	}
+	if got, want := binary.LittleEndian.Uint32(b[20:]), crc32.Checksum(b[:20], castagnoli); got != want {
+		return Header{}, fmt.Errorf("%w: header checksum %#08x, computed %#08x", ErrCorrupt, got, want)
+	}
+	if b[4] != Version {
+		return Header{}, fmt.Errorf("%w: unsupported version %d (this build speaks %d)", ErrCorrupt, b[4], Version)
+	}
+	h := Header{
+		Type:   Type(b[5]),
+		Codec:  Codec(b[6]),
+		Length: binary.LittleEndian.Uint32(b[8:]),
+		RawLen: binary.LittleEndian.Uint32(b[12:]),
+		PCRC:   binary.LittleEndian.Uint32(b[16:]),
+	}
+	if h.Length > MaxPayload || h.RawLen > MaxPayload {
+		return Header{}, fmt.Errorf("%w: payload %d/%d bytes exceeds limit %d", ErrCorrupt, h.Length, h.RawLen, MaxPayload)
+	}
+	if h.Codec > CodecS2 {
+		return Header{}, fmt.Errorf("%w: unknown codec %d", ErrCorrupt, h.Codec)
+	}
+	if h.Codec == CodecNone && h.Length != h.RawLen {
+		return Header{}, fmt.Errorf("%w: uncompressed payload with length %d != raw length %d", ErrCorrupt, h.Length, h.RawLen)
+	}
+	return h, nil
+}
+
+func encodeHeader(b []byte, h Header) {
+	binary.LittleEndian.PutUint32(b[0:], Magic)
+	b[4] = Version
+	b[5] = byte(h.Type)
+	b[6] = byte(h.Codec)
+	b[7] = 0
+	binary.LittleEndian.PutUint32(b[8:], h.Length)
+	binary.LittleEndian.PutUint32(b[12:], h.RawLen)
+	binary.LittleEndian.PutUint32(b[16:], h.PCRC)
+	binary.LittleEndian.PutUint32(b[20:], crc32.Checksum(b[:20], castagnoli))
+}
+
+// Conn frames a byte stream. Reads and writes may run in two goroutines;
+// several writers are serialised by a mutex.
+type Conn struct {
+	rw io.ReadWriter
+	br *bufio.Reader
+
+	wmu  sync.Mutex
+	bw   *bufio.Writer
+	zenc *zstd.Encoder
+	wbuf []byte
+	hdr  [HeaderSize]byte
+
+	zdec *zstd.Decoder
+	rbuf []byte
+	dbuf []byte
+
+	// Counters for reporting compression ratio; guarded by wmu.
+	rawOut, wireOut uint64
+}
+
+// NewConn wraps a stream (normally a *tls.Conn).
+func NewConn(rw io.ReadWriter) *Conn {
+	return &Conn{rw: rw, br: bufio.NewReaderSize(rw, 1<<20), bw: bufio.NewWriterSize(rw, 1<<20)}
+}
+
+// WriteFrame sends one frame, compressing the payload with codec. If
+// compression does not shrink the payload it is sent raw, so incompressible
+// data costs only the attempt.
+func (c *Conn) WriteFrame(t Type, payload []byte, codec Codec) error {
+	if len(payload) > MaxPayload {
+		return fmt.Errorf("wire: %s frame of %d bytes exceeds limit %d", t, len(payload), MaxPayload)
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	body := payload
+	used := CodecNone
+	switch codec {
+	case CodecZstd:
+		if c.zenc == nil {
+			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+			if err != nil {
+				return fmt.Errorf("wire: creating zstd encoder: %w", err)
+			}
+			c.zenc = enc
+		}
+		c.wbuf = c.zenc.EncodeAll(payload, c.wbuf[:0])
+		if len(c.wbuf) < len(payload) {
+			body, used = c.wbuf, CodecZstd
+		}
+	case CodecS2:
+		n := s2.MaxEncodedLen(len(payload))
+		if cap(c.wbuf) < n {
+			c.wbuf = make([]byte, n)
+		}
+		c.wbuf = s2.Encode(c.wbuf[:n], payload)
+		if len(c.wbuf) < len(payload) {
+			body, used = c.wbuf, CodecS2
+		}
+	}
+	encodeHeader(c.hdr[:], Header{Type: t, Codec: used, Length: uint32(len(body)), RawLen: uint32(len(payload)), PCRC: crc32.Checksum(body, castagnoli)})
+	c.rawOut += uint64(len(payload)) + HeaderSize
+	c.wireOut += uint64(len(body)) + HeaderSize
+	if _, err := c.bw.Write(c.hdr[:]); err != nil {
+		return fmt.Errorf("wire: writing %s header: %w", t, err)
+	}
+	if _, err := c.bw.Write(body); err != nil {
+		return fmt.Errorf("wire: writing %s payload: %w", t, err)
+	}
+	if err := c.bw.Flush(); err != nil {
+		return fmt.Errorf("wire: flushing %s frame: %w", t, err)
+	}
+	return nil
+}
+
+// Counters reports bytes before and after compression sent so far.
+func (c *Conn) Counters() (raw, onWire uint64) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.rawOut, c.wireOut
+}
+
+// ReadFrame reads the next frame and returns its decompressed payload. The
+// payload is valid until the next ReadFrame call.
+func (c *Conn) ReadFrame() (Type, []byte, error) {
+	var hb [HeaderSize]byte
+	if _, err := io.ReadFull(c.br, hb[:]); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return 0, nil, fmt.Errorf("wire: %w: truncated header", ErrCorrupt)
+		}
+		return 0, nil, err
+	}
+	h, err := DecodeHeader(hb[:])
+	if err != nil {
+		return 0, nil, fmt.Errorf("wire: %w", err)
+	}
+	if cap(c.rbuf) < int(h.Length) {
+		c.rbuf = make([]byte, h.Length)
+	}
+	body := c.rbuf[:h.Length]
+	if _, err := io.ReadFull(c.br, body); err != nil {
+		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+			return 0, nil, fmt.Errorf("wire: %w: %s frame truncated (wanted %d payload bytes)", ErrCorrupt, h.Type, h.Length)
+		}
+		return 0, nil, fmt.Errorf("wire: reading %s payload: %w", h.Type, err)
+	}
+	payload, err := c.decodeBody(h, body)
+	if err != nil {
+		return 0, nil, err
+	}
+	return h.Type, payload, nil
+}
+
+func (c *Conn) decodeBody(h Header, body []byte) ([]byte, error) {
+	if got := crc32.Checksum(body, castagnoli); got != h.PCRC {
+		return nil, fmt.Errorf("wire: %w: %s payload checksum %#08x, header says %#08x", ErrCorrupt, h.Type, got, h.PCRC)
+	}
+	switch h.Codec {
+	case CodecNone:
+		return body, nil
+	case CodecZstd:
+		if c.zdec == nil {
+			d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxPayload))
+			if err != nil {
+				return nil, fmt.Errorf("wire: creating zstd decoder: %w", err)
+			}
+			c.zdec = d
+		}
+		out, err := c.zdec.DecodeAll(body, c.dbuf[:0])
+		if err != nil {
+			return nil, fmt.Errorf("wire: %w: zstd: %v", ErrCorrupt, err)
+		}
+		c.dbuf = out
+	case CodecS2:
+		n, err := s2.DecodedLen(body)
+		if err != nil || n != int(h.RawLen) {
+			return nil, fmt.Errorf("wire: %w: s2 length %d, header says %d (%v)", ErrCorrupt, n, h.RawLen, err)
+		}
+		if cap(c.dbuf) < n {
+			c.dbuf = make([]byte, n)
+		}
+		out, err := s2.Decode(c.dbuf[:n], body)
+		if err != nil {
+			return nil, fmt.Errorf("wire: %w: s2: %v", ErrCorrupt, err)
+		}
+		c.dbuf = out
+	}
+	if len(c.dbuf) != int(h.RawLen) {
+		return nil, fmt.Errorf("wire: %w: decompressed %d bytes, header says %d", ErrCorrupt, len(c.dbuf), h.RawLen)
+	}
+	return c.dbuf, nil
+}
+
+// Close releases codec state.
+func (c *Conn) Close() {
+	c.wmu.Lock()
+	if c.zenc != nil {
+		c.zenc.Close()
+		c.zenc = nil
+	}
+	c.wmu.Unlock()
+	if c.zdec != nil {
+		c.zdec.Close()
+	}
+}
