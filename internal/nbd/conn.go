@@ -43,6 +43,12 @@ type conn struct {
 // errDisconnect reports a clean NBD_CMD_DISC.
 var errDisconnect = errors.New("nbd: client sent NBD_CMD_DISC")
 
+// errHangup reports a client that closed the connection between requests
+// without NBD_CMD_DISC. The spec calls that a hard disconnect, but libnbd
+// tools (nbdfuse, nbdcopy) routinely exit this way, so it is not worth a
+// warning.
+var errHangup = errors.New("nbd: client closed the connection without NBD_CMD_DISC")
+
 // transmit runs the request loop until the client disconnects, the
 // connection fails or ctx is done. It returns nil for a clean disconnect
 // and always waits for in-flight requests before returning.
@@ -57,6 +63,8 @@ func (c *conn) transmit(ctx context.Context) error {
 
 	err := c.readLoop()
 	if err != nil && !errors.Is(err, errDisconnect) && ctx.Err() == nil {
+		// The client is gone or broke the protocol: nobody will read
+		// the replies, so let the backend give up early.
 		cancel()
 	}
 	c.wg.Wait()
@@ -74,14 +82,18 @@ func (c *conn) transmit(ctx context.Context) error {
 		return nil
 	case ctx.Err() != nil:
 		return ctx.Err()
+	default:
+		return err
 	}
-	return err
 }
 
 func (c *conn) readLoop() error {
 	var hdr [requestHeaderSize]byte
 	for {
 		if _, err := io.ReadFull(c.br, hdr[:]); err != nil {
+			if err == io.EOF {
+				return errHangup
+			}
 			return fmt.Errorf("nbd: reading request header: %w", err)
 		}
 		req, err := parseRequestHeader(hdr[:])

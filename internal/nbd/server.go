@@ -170,6 +170,8 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 	switch {
 	case err == nil:
 		log.Info("nbd: client disconnected")
+	case errors.Is(err, errHangup):
+		log.Info("nbd: client disconnected", "how", "hung up without NBD_CMD_DISC")
 	case ctx.Err() != nil:
 		log.Info("nbd: connection closed for shutdown")
 	default:

@@ -1,7 +1,6 @@
 package seglog
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -318,5 +317,3 @@ func TestTrustSealedReaderFindsDamage(t *testing.T) {
 		t.Fatalf("verifying Open: %v", err)
 	}
 }
-
-var _ = bytes.Equal

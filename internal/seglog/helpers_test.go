@@ -191,3 +191,5 @@ func copyDir(t testing.TB, src string) string {
 	}
 	return dst
 }
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }

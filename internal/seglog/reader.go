@@ -108,9 +108,9 @@ func (r *Reader) position(ctx context.Context) (int64, error) {
 			i := sort.Search(len(l.segs), func(i int) bool { return l.segs[i].base >= r.base })
 			switch {
 			case i < len(l.segs) && l.segs[i].base == r.base:
-				if s := l.segs[i]; r.cursor() < s.size {
+				if size := l.segs[i].size; r.cursor() < size {
 					l.mu.Unlock()
-					return s.size, nil
+					return size, nil
 				}
 				if i+1 < len(l.segs) {
 					next = l.segs[i+1] // this one is sealed and read to its end

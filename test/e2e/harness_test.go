@@ -1,0 +1,349 @@
+// Package e2e runs standby's roles as separate processes, the way an
+// administrator runs them, and checks real outcomes: replicas byte-identical
+// to their sources after writes from real clients, crashes and cuts.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"standby/internal/agent"
+	"standby/internal/mastertarget"
+	"standby/internal/pki"
+	"standby/internal/processserver"
+	"standby/internal/statusapi"
+	"standby/internal/verify"
+)
+
+// binary is the standby binary built once for all tests.
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "standby-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "standby")
+	cmd := exec.Command("go", "build", "-race", "-o", binary, "standby/cmd/standby")
+	if os.Getenv("STANDBY_E2E_NORACE") != "" {
+		cmd = exec.Command("go", "build", "-o", binary, "standby/cmd/standby")
+	}
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building standby:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// requireTools fails (never skips) when a tool the test needs is missing:
+// CI installs them, and a silent skip would hide a hole in coverage.
+func requireTools(t *testing.T, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s is required by this test and is not installed (apt-get install qemu-utils libnbd-bin nbdfuse fuse3 e2fsprogs)", tool)
+		}
+	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root (loop devices, mounts, network namespaces)")
+	}
+}
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// proc is one role process.
+type proc struct {
+	t    *testing.T
+	name string
+	args []string
+	log  string
+	wrap []string // e.g. ip netns exec NS
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (p *proc) start() {
+	p.t.Helper()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	f, err := os.OpenFile(p.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	fmt.Fprintf(f, "=== start %s %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(p.args, " "))
+	argv := append(append([]string(nil), p.wrap...), binary)
+	argv = append(argv, p.args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		p.t.Fatalf("starting %s: %v", p.name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); f.Close(); close(done) }()
+	p.cmd, p.done = cmd, done
+}
+
+// kill9 kills the process (and anything it started) with SIGKILL.
+func (p *proc) kill9() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	<-done
+}
+
+// stop asks the process to shut down cleanly.
+func (p *proc) stop() {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.cmd = nil
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		p.t.Errorf("%s did not stop within 20s after SIGTERM; killing", p.name)
+		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+func (p *proc) running() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return false
+	}
+	select {
+	case <-p.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// cluster is one protected machine with its process server and master target.
+type cluster struct {
+	t       *testing.T
+	dir     string
+	machine string
+	pki     map[pki.Identity]pki.Files
+	disks   []string // source paths
+	sock    string   // NBD unix socket
+
+	mtAddr, psAddr             string
+	mtStatus, psStatus, agStat string
+
+	mt, ps, ag *proc
+
+	// options
+	queueBytes  int64
+	cacheBytes  int64
+	extraAgent  []string
+	extraPS     []string
+	extraMT     []string
+	mtWrap      []string
+	psWrap      []string
+	agWrap      []string
+}
+
+type clusterOpt func(*cluster)
+
+func newCluster(t *testing.T, diskSizes []int64, opts ...clusterOpt) *cluster {
+	t.Helper()
+	dir := t.TempDir()
+	c := &cluster{t: t, dir: dir, machine: "m1", sock: filepath.Join(dir, "nbd.sock")}
+	for _, o := range opts {
+		o(c)
+	}
+	ids := []pki.Identity{{Role: pki.RoleAgent, Name: c.machine}, {Role: pki.RoleProcessServer, Name: "ps1"}, {Role: pki.RoleMasterTarget, Name: "mt1"}}
+	files, err := pki.DevPKI(filepath.Join(dir, "pki"), hostsFor(c), ids...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.pki = files
+	for i, sz := range diskSizes {
+		p := filepath.Join(dir, "primary", fmt.Sprintf("disk%d.img", i))
+		if err := os.MkdirAll(filepath.Dir(p), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(p, sz); err != nil {
+			t.Fatal(err)
+		}
+		c.disks = append(c.disks, p)
+	}
+	if c.mtAddr == "" {
+		c.mtAddr = freePort(t)
+	}
+	if c.psAddr == "" {
+		c.psAddr = freePort(t)
+	}
+	c.mtStatus, c.psStatus, c.agStat = freePort(t), freePort(t), freePort(t)
+	tlsArgs := func(r pki.Role, n string) []string {
+		f := files[pki.Identity{Role: r, Name: n}]
+		return []string{"--ca", f.CA, "--cert", f.Cert, "--key", f.Key}
+	}
+	c.mt = &proc{t: t, name: "master-target", log: filepath.Join(dir, "mt.log"), wrap: c.mtWrap,
+		args: append(append([]string{"master-target", "--listen", c.mtAddr, "--data-dir", filepath.Join(dir, "secondary"), "--status", c.mtStatus}, tlsArgs(pki.RoleMasterTarget, "mt1")...), c.extraMT...)}
+	psArgs := []string{"process-server", "--listen", c.psAddr, "--cache-dir", filepath.Join(dir, "ps-cache"), "--master-target", c.mtAddr, "--status", c.psStatus}
+	if c.cacheBytes > 0 {
+		psArgs = append(psArgs, "--cache-bytes", fmt.Sprint(c.cacheBytes))
+	}
+	c.ps = &proc{t: t, name: "process-server", log: filepath.Join(dir, "ps.log"), wrap: c.psWrap, args: append(append(psArgs, tlsArgs(pki.RoleProcessServer, "ps1")...), c.extraPS...)}
+	agArgs := []string{"agent", "--machine", c.machine, "--state-dir", filepath.Join(dir, "agent-state"), "--process-server", c.psAddr, "--nbd", "unix:" + c.sock, "--status", c.agStat}
+	for i, p := range c.disks {
+		agArgs = append(agArgs, "--disk", fmt.Sprintf("disk%d=%s", i, p))
+	}
+	if c.queueBytes > 0 {
+		agArgs = append(agArgs, "--queue-bytes", fmt.Sprint(c.queueBytes))
+	}
+	c.ag = &proc{t: t, name: "agent", log: filepath.Join(dir, "agent.log"), wrap: c.agWrap, args: append(append(agArgs, tlsArgs(pki.RoleAgent, c.machine)...), c.extraAgent...)}
+	t.Cleanup(func() {
+		c.ag.kill9()
+		c.ps.kill9()
+		c.mt.kill9()
+		if t.Failed() {
+			for _, l := range []string{c.ag.log, c.ps.log, c.mt.log} {
+				b, _ := os.ReadFile(l)
+				if len(b) > 6000 {
+					b = b[len(b)-6000:]
+				}
+				t.Logf("---- tail of %s ----\n%s", filepath.Base(l), b)
+			}
+		}
+	})
+	return c
+}
+
+func hostsFor(c *cluster) []string {
+	hosts := []string{"127.0.0.1", "localhost"}
+	for _, a := range []string{c.mtAddr, c.psAddr} {
+		if h, _, err := net.SplitHostPort(a); err == nil {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts
+}
+
+func (c *cluster) startAll() {
+	c.mt.start()
+	c.ps.start()
+	c.ag.start()
+	c.waitSocket()
+}
+
+// waitSocket waits until the agent's NBD socket accepts connections.
+func (c *cluster) waitSocket() {
+	c.t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if conn, err := net.Dial("unix", c.sock); err == nil {
+			conn.Close()
+			return
+		}
+		if !c.ag.running() {
+			c.t.Fatalf("agent exited; see %s", c.ag.log)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.t.Fatal("agent NBD socket did not come up")
+}
+
+func (c *cluster) agentStatus() (agent.Status, error) {
+	var s agent.Status
+	err := statusapi.Fetch(context.Background(), c.agStat, &s)
+	return s, err
+}
+
+func (c *cluster) psStatusNow() (processserver.Status, error) {
+	var s processserver.Status
+	err := statusapi.Fetch(context.Background(), c.psStatus, &s)
+	return s, err
+}
+
+func (c *cluster) mtStatusNow() (mastertarget.Status, error) {
+	var s mastertarget.Status
+	err := statusapi.Fetch(context.Background(), c.mtStatus, &s)
+	return s, err
+}
+
+// waitIdentical waits for the pair to drain and then requires every
+// replica to be byte-identical to its source.
+func (c *cluster) waitIdentical(timeout time.Duration) {
+	c.t.Helper()
+	res, err := verify.Pair(context.Background(), c.agStat, c.mtStatus, 0, timeout)
+	if err != nil {
+		as, _ := c.agentStatus()
+		ms, _ := c.mtStatusNow()
+		c.t.Fatalf("waiting for identical replicas: %v\nagent: %+v\nmaster target: %+v", err, as, ms)
+	}
+	for _, r := range res {
+		if !r.Identical {
+			c.t.Fatalf("replica of %s differs from source in %d bytes: first ranges %v", r.Disk, r.DiffBytes, r.Differ[:min(len(r.Differ), 10)])
+		}
+	}
+}
+
+func (c *cluster) replica(i int) string {
+	return filepath.Join(c.dir, "secondary", c.machine, fmt.Sprintf("disk%d.img", i))
+}
+
+func (c *cluster) nbdURI(disk int) string {
+	return fmt.Sprintf("nbd+unix:///disk%d?socket=%s", disk, c.sock)
+}
+
+// logContains reports whether a role's log has s.
+func logContains(path, s string) bool {
+	b, _ := os.ReadFile(path)
+	return strings.Contains(string(b), s)
+}
+
+func waitFor(t *testing.T, what string, timeout time.Duration, f func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !f() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
