@@ -146,7 +146,7 @@ func TestTrackerConcurrent(t *testing.T) {
 	crash(tr)
 	tr = openT(t, path, size, opts)
 	defer tr.Close()
-	got := dirtySet(tr)
+	got := trackerBits(tr)
 	m := newModel(tr.geo)
 	for _, open := range leftOpen {
 		for _, r := range open {

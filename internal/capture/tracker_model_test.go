@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
-	"sort"
+	"slices"
 	"testing"
 	"time"
 )
@@ -15,8 +15,8 @@ import (
 // with a write begun and not ended.
 type model struct {
 	g        geometry
-	dirty    map[int64]bool
-	inflight map[int64]bool
+	dirty    []bool
+	inflight []bool
 	pendE    map[int64]int
 	open     []rg // writes begun, not ended
 	taken    []rg // ranges taken, not completed
@@ -25,7 +25,7 @@ type model struct {
 type rg struct{ off, n int64 }
 
 func newModel(g geometry) *model {
-	return &model{g: g, dirty: map[int64]bool{}, inflight: map[int64]bool{}, pendE: map[int64]int{}}
+	return &model{g: g, dirty: make([]bool, g.nBlocks()), inflight: make([]bool, g.nBlocks()), pendE: map[int64]int{}}
 }
 
 func (m *model) blocks(r rg) (int64, int64) {
@@ -36,18 +36,15 @@ func (m *model) extents(r rg) (int64, int64) {
 	return r.off >> m.g.extentShift, (r.off + r.n - 1) >> m.g.extentShift
 }
 
-func (m *model) union() map[int64]bool {
-	u := map[int64]bool{}
-	for b := range m.dirty {
-		u[b] = true
-	}
-	for b := range m.inflight {
-		u[b] = true
+func (m *model) union() []bool {
+	u := make([]bool, len(m.dirty))
+	for b := range u {
+		u[b] = m.dirty[b] || m.inflight[b]
 	}
 	return u
 }
 
-func (m *model) required() map[int64]bool {
+func (m *model) required() []bool {
 	u := m.union()
 	bpe := int64(1) << m.g.blocksPerExtentShift()
 	for e, c := range m.pendE {
@@ -60,34 +57,45 @@ func (m *model) required() map[int64]bool {
 	return u
 }
 
-func (m *model) bytes(set map[int64]bool) int64 {
+func (m *model) bytes(set []bool) int64 {
 	var n int64
-	for b := range set {
-		n += min(m.g.blockSize(), m.g.diskSize-b<<m.g.blockShift)
+	for b, ok := range set {
+		if ok {
+			n += min(m.g.blockSize(), m.g.diskSize-int64(b)<<m.g.blockShift)
+		}
 	}
 	return n
 }
 
 // reset makes the model match a freshly opened tracker.
-func (m *model) reset(got map[int64]bool) {
-	m.dirty, m.inflight, m.pendE = got, map[int64]bool{}, map[int64]int{}
+func (m *model) reset(got []bool) {
+	m.dirty, m.inflight, m.pendE = got, make([]bool, len(got)), map[int64]int{}
 	m.open, m.taken = nil, nil
 }
 
-func missing(want, got map[int64]bool) []int64 {
-	var out []int64
-	for b := range want {
-		if !got[b] {
-			out = append(out, b)
-		}
+// trackerBits returns the dirty|in-flight blocks of a tracker.
+func trackerBits(tr *Tracker) []bool {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	out := make([]bool, tr.geo.nBlocks())
+	for b := range out {
+		out[b] = (tr.dirty[b>>6]|tr.inflight[b>>6])&(1<<uint(b&63)) != 0
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
 }
 
-func sameSet(a, b map[int64]bool) bool {
-	return len(a) == len(b) && len(missing(a, b)) == 0
+// missing lists the blocks set in want and not in got.
+func missing(want, got []bool) []int64 {
+	var out []int64
+	for b := range want {
+		if want[b] && !got[b] {
+			out = append(out, int64(b))
+		}
+	}
+	return out
 }
+
+func sameSet(a, b []bool) bool { return slices.Equal(a, b) }
 
 func TestTrackerModel(t *testing.T) {
 	geoms := []TrackerOptions{
@@ -112,7 +120,7 @@ func runModel(t *testing.T, rnd *rand.Rand, opts TrackerOptions, steps int) {
 	size := 2<<20 + 3<<10 // partial last block in the 4 KiB geometry
 	tr := openT(t, path, int64(size), opts)
 	m := newModel(tr.geo)
-	m.reset(dirtySet(tr))
+	m.reset(trackerBits(tr))
 	ctx := context.Background()
 	now := time.Unix(1e9, 0)
 	randRange := func() rg {
@@ -167,7 +175,7 @@ func runModel(t *testing.T, rnd *rand.Rand, opts TrackerOptions, steps int) {
 			off, n, ok := tr.TakeDirty(maxLen)
 			takeable := 0
 			for b := range m.dirty {
-				if !m.inflight[b] {
+				if m.dirty[b] && !m.inflight[b] {
 					takeable++
 				}
 			}
@@ -187,7 +195,7 @@ func runModel(t *testing.T, rnd *rand.Rand, opts TrackerOptions, steps int) {
 				if !m.dirty[b] || m.inflight[b] {
 					fail("TakeDirty returned block %d which is dirty=%v inflight=%v", b, m.dirty[b], m.inflight[b])
 				}
-				delete(m.dirty, b)
+				m.dirty[b] = false
 				m.inflight[b] = true
 			}
 			m.taken = append(m.taken, r)
@@ -199,15 +207,15 @@ func runModel(t *testing.T, rnd *rand.Rand, opts TrackerOptions, steps int) {
 			tr.Complete(r.off, r.n)
 			lo, hi := m.blocks(r)
 			for b := lo; b < hi; b++ {
-				delete(m.inflight, b)
+				m.inflight[b] = false
 			}
 			log = append(log, fmt.Sprintf("C%v", r))
 		case op < 75: // connection reset
 			tr.Requeue()
-			for b := range m.inflight {
-				m.dirty[b] = true
+			for b, f := range m.inflight {
+				m.dirty[b] = m.dirty[b] || f
 			}
-			m.inflight = map[int64]bool{}
+			m.inflight = make([]bool, len(m.dirty))
 			m.taken = nil
 			log = append(log, "R")
 		case op < 82:
@@ -234,7 +242,7 @@ func runModel(t *testing.T, rnd *rand.Rand, opts TrackerOptions, steps int) {
 			req := m.required()
 			crash(tr)
 			tr = openT(t, path, int64(size), opts)
-			got := dirtySet(tr)
+			got := trackerBits(tr)
 			if miss := missing(req, got); len(miss) > 0 {
 				fail("after crash %d required blocks not dirty, first %v", len(miss), miss[:min(10, len(miss))])
 			}
@@ -249,7 +257,7 @@ func runModel(t *testing.T, rnd *rand.Rand, opts TrackerOptions, steps int) {
 				t.Fatal(err)
 			}
 			tr = openT(t, path, int64(size), opts)
-			got := dirtySet(tr)
+			got := trackerBits(tr)
 			if !sameSet(req, got) {
 				fail("after clean restart dirty set differs: missing %v, extra %v", missing(req, got), missing(got, req))
 			}
@@ -260,7 +268,7 @@ func runModel(t *testing.T, rnd *rand.Rand, opts TrackerOptions, steps int) {
 			log = append(log, "CLOSE")
 		}
 		// The in-memory state must match the model exactly at every step.
-		if got, want := dirtySet(tr), m.union(); !sameSet(got, want) {
+		if got, want := trackerBits(tr), m.union(); !sameSet(got, want) {
 			fail("step %d: tracker dirty set differs from model: missing %v, extra %v", step, missing(want, got), missing(got, want))
 		}
 		if got, want := tr.DirtyBytes(), m.bytes(m.union()); got != want {

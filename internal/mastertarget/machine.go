@@ -365,20 +365,9 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 // validate checks every record against the replica layout before anything
 // is stored: a record outside its disk is refused whole, never clipped.
 func (m *machine) validate(b *wire.Batch) error {
-	for _, r := range b.Records {
-		switch r.Op {
-		case wire.OpEpoch:
-			continue
-		}
-		if int(r.Disk) >= len(m.cp.Disks) {
-			return fmt.Errorf("record seq %d names disk %d, machine %s has %d", r.Seq, r.Disk, m.name, len(m.cp.Disks))
-		}
-		if r.Op == wire.OpSyncStart || r.Op == wire.OpSyncDone {
-			continue
-		}
-		if end := r.Offset + uint64(r.Length); end > uint64(m.cp.Disks[r.Disk].Size) {
-			return fmt.Errorf("record seq %d (%s) ends at %d, beyond disk %s of %d bytes", r.Seq, r.Op, end, m.cp.Disks[r.Disk].Name, m.cp.Disks[r.Disk].Size)
-		}
+	disks := make([]wire.DiskInfo, len(m.cp.Disks))
+	for i, d := range m.cp.Disks {
+		disks[i] = wire.DiskInfo{Index: uint16(i), Name: d.Name, Size: d.Size}
 	}
-	return nil
+	return wire.ValidateBatch(b, disks)
 }

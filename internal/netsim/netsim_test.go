@@ -222,6 +222,24 @@ func TestNetemRateLimitsThroughput(t *testing.T) {
 	}
 }
 
+func TestNetemLossDropsFramesTCPRecovers(t *testing.T) {
+	t.Parallel()
+	_, primary, _, l, echo := twoSites(t)
+	c := dial(t, primary, echo, 5*time.Second)
+	if err := l.Netem("loss 10%"); err != nil {
+		t.Fatal(err)
+	}
+	// Ping-pong so that every frame is small and counted on its own.
+	rtts(t, c, 50)
+	ab, ba := l.Stats()
+	total := ab.Forwarded + ab.DroppedLoss + ba.Forwarded + ba.DroppedLoss
+	lost := ab.DroppedLoss + ba.DroppedLoss
+	t.Logf("%d of %d frames lost", lost, total)
+	if lost == 0 || float64(lost) > 0.3*float64(total) {
+		t.Errorf("lost %d of %d frames with loss 10%%", lost, total)
+	}
+}
+
 func TestCutStallsAndRestoreResumes(t *testing.T) {
 	t.Parallel()
 	_, primary, _, l, echo := twoSites(t)
@@ -382,5 +400,48 @@ func TestNamesValidated(t *testing.T) {
 	}
 	if _, err := s.DialContext(t.Context(), "tcp", "localhost:1"); err == nil {
 		t.Error("DialContext accepted a host name")
+	}
+}
+
+// BenchmarkLinkThroughput measures what an unimpaired link carries one
+// way, to show what the wire costs next to a plain veth pair.
+func BenchmarkLinkThroughput(b *testing.B) {
+	n := ForTest(b)
+	ctx := b.Context()
+	p, err := n.AddSite(ctx, "p")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := n.AddSite(ctx, "s")
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := n.Link(ctx, p, s); err != nil {
+		b.Fatal(err)
+	}
+	ln, err := s.Listen(ctx, "tcp", net.JoinHostPort(s.Addr(p), "0"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		_, _ = io.Copy(io.Discard, c)
+	}()
+	c, err := p.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 1<<20)
+	b.SetBytes(int64(len(buf)))
+	for b.Loop() {
+		if _, err := c.Write(buf); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

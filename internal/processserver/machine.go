@@ -145,7 +145,13 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 		m.mu.Lock()
 		last := m.lastSeq
 		stale := m.session != my
+		disks := m.hello.Disks
 		m.mu.Unlock()
+		if err := wire.ValidateBatch(&b, disks); err != nil {
+			lg.Error("refusing batch from agent", "err", err)
+			refuse(c, "invalid", err.Error())
+			return
+		}
 		if stale {
 			return
 		}

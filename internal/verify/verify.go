@@ -72,12 +72,21 @@ func Pair(ctx context.Context, agentAddr, mtAddr string, blockSize int64, timeou
 	var as agent.Status
 	var ms mastertarget.MachineStatus
 	for {
-		if err := statusapi.Fetch(ctx, agentAddr, &as); err != nil {
-			return nil, err
-		}
+		// A role that is restarting does not answer for a moment: retry
+		// until the deadline rather than fail on the first refusal.
 		var mt mastertarget.Status
-		if err := statusapi.Fetch(ctx, mtAddr, &mt); err != nil {
-			return nil, err
+		errA := statusapi.Fetch(ctx, agentAddr, &as)
+		errM := statusapi.Fetch(ctx, mtAddr, &mt)
+		if err := errors.Join(errA, errM); err != nil {
+			if time.Now().After(deadline) {
+				return nil, err
+			}
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
 		}
 		found := false
 		for _, m := range mt.Machines {

@@ -293,3 +293,24 @@ func ValidName(s string) bool {
 	}
 	return true
 }
+
+// ValidateBatch checks every record against a machine's disks: a record
+// naming a disk that does not exist or reaching past a disk's end is
+// refused, never clipped.
+func ValidateBatch(b *Batch, disks []DiskInfo) error {
+	for _, r := range b.Records {
+		if r.Op == OpEpoch {
+			continue
+		}
+		if int(r.Disk) >= len(disks) {
+			return fmt.Errorf("record seq %d names disk %d, the machine has %d", r.Seq, r.Disk, len(disks))
+		}
+		if r.Op == OpSyncStart || r.Op == OpSyncDone {
+			continue
+		}
+		if end := r.Offset + uint64(r.Length); end > uint64(disks[r.Disk].Size) {
+			return fmt.Errorf("record seq %d (%s) ends at %d, beyond disk %s of %d bytes", r.Seq, r.Op, end, disks[r.Disk].Name, disks[r.Disk].Size)
+		}
+	}
+	return nil
+}
