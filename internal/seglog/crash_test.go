@@ -317,3 +317,33 @@ func TestTrustSealedReaderFindsDamage(t *testing.T) {
 		t.Fatalf("verifying Open: %v", err)
 	}
 }
+
+// Damage in a large record is found to be non-tail even when the record
+// after it lies beyond the first search window.
+func TestOpenRejectsDamageBeforeRecordFarAway(t *testing.T) {
+	dir := t.TempDir()
+	l := mustOpen(t, dir, Options{})
+	appendAll(t, l, []Entry{
+		{First: 1, Last: 1, Data: payload(1, 100)},
+		{First: 2, Last: 2, Data: payload(2, 3<<20)},
+		{First: 3, Last: 3, Data: payload(3, 100)},
+	}, true)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := segmentFiles(t, dir)[0]
+	recs := recordPositions(t, path)
+	flipByte(t, path, recs[1].off+headerSize+5)
+	_, err := Open(dir, Options{Logger: testLogger(t)})
+	var ce *CorruptError
+	if !errors.As(err, &ce) || ce.Offset != recs[1].off || !strings.Contains(err.Error(), fmt.Sprintf("follows at offset %d", recs[2].off)) {
+		t.Fatalf("Open: %v, want corruption at %d with a record following at %d", err, recs[1].off, recs[2].off)
+	}
+	// Without the record after it, the same damage is a torn tail.
+	truncateFile(t, path, recs[2].off)
+	l = mustOpen(t, dir, Options{})
+	defer l.Close()
+	if st := l.Stats(); st.Entries != 1 || st.LastSeq != 1 {
+		t.Fatalf("Stats %+v", st)
+	}
+}

@@ -237,6 +237,12 @@ func TestReaderWaitsAndCloseUnblocks(t *testing.T) {
 	if err := l.Append(context.Background(), Entry{First: 11, Last: 11}, false); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Append after Close: %v", err)
 	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Next(context.Background()); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Next on a closed reader: %v", err)
+	}
 }
 
 func TestOpenLocksDirectory(t *testing.T) {

@@ -264,25 +264,46 @@ func scanSegment(path string, base, prevLast uint64, havePrev, verify, last bool
 }
 
 // findRecordAfter returns the offset of the first whole, valid record that
-// starts after off, or -1. Only used on the failure path of the last segment,
-// which is at most about one segment long.
+// starts after off, or -1. Only used on the failure path of the last segment.
+// It searches in windows and reads a candidate whole only once its header
+// parses, so memory stays bounded even behind an oversized record.
 func findRecordAfter(f *os.File, off, size int64) (int64, error) {
-	rest := make([]byte, size-off)
-	if _, err := f.ReadAt(rest, off); err != nil {
-		return 0, fmt.Errorf("reading tail: %w", err)
-	}
+	const window = 1 << 20
 	var magic [4]byte
 	binary.LittleEndian.PutUint32(magic[:], recordMagic)
-	for p := 1; p < len(rest); {
-		i := bytes.Index(rest[p:], magic[:])
-		if i < 0 {
-			return -1, nil
+	buf := make([]byte, window)
+	var rec []byte
+	for start := off + 1; start+headerSize <= size; start += window - int64(len(magic)-1) {
+		n := int(min(window, size-start))
+		if _, err := f.ReadAt(buf[:n], start); err != nil {
+			return 0, fmt.Errorf("reading tail at %d: %w", start, err)
 		}
-		p += i
-		if _, _, err := decodeRecord(rest[p:]); err == nil {
-			return off + int64(p), nil
+		for i := 0; ; i++ {
+			j := bytes.Index(buf[i:n], magic[:])
+			if j < 0 {
+				break
+			}
+			i += j
+			p := start + int64(i)
+			var hdr [headerSize]byte
+			if p+headerSize > size {
+				break
+			}
+			if _, err := f.ReadAt(hdr[:], p); err != nil {
+				return 0, fmt.Errorf("reading tail at %d: %w", p, err)
+			}
+			h, err := parseHeader(hdr[:])
+			if err != nil || p+headerSize+int64(h.length) > size {
+				continue
+			}
+			rec = slices.Grow(rec[:0], headerSize+int(h.length))[:headerSize+int(h.length)]
+			if _, err := f.ReadAt(rec, p); err != nil {
+				return 0, fmt.Errorf("reading tail at %d: %w", p, err)
+			}
+			if _, _, err := decodeRecord(rec); err == nil {
+				return p, nil
+			}
 		}
-		p++
 	}
 	return -1, nil
 }

@@ -1,0 +1,596 @@
+#!/usr/bin/env bash
+# bench/run.sh — standby's benchmarks, run side by side with their peers in
+# one run and reported as ratios (see docs/benchmarks.md).
+#
+#   bench/run.sh [--quick] [--out DIR] [--work DIR] [--repeat N] [--only LIST]
+#                [--compression C] [--port BASE] [--keep]
+#
+#   --quick        small sizes, a smoke run of a few minutes
+#   --out DIR      results (default: bench-out/ at the repository root):
+#                  results.md, results.tsv, logs/, fio/, csv/
+#   --work DIR     scratch space for images (default /var/tmp/standby-bench);
+#                  needs about 4x the initial-copy image size free
+#   --repeat N     repetitions of benchmarks 1 and 2 (default 2, quick 1);
+#                  the best of N is reported, all runs are in results.tsv
+#   --only LIST    comma-separated subset of: initial,intercept,churn,catchup,go
+#   --compression  process server compression (default adaptive, the default
+#                  of the binary)
+#   --port BASE    first of 6 loopback TCP ports to use (default 17900)
+#   --keep         keep the scratch directory
+#
+# Must run as root (drop_caches, apt-get). Every standby role runs as its
+# own process on loopback with mutual TLS, as in production.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+QUICK=0
+OUT=$ROOT/bench-out
+WORK=/var/tmp/standby-bench
+REPEAT=
+ONLY=initial,intercept,churn,catchup,go
+COMPRESSION=adaptive
+BASE_PORT=17900
+KEEP=0
+while [ $# -gt 0 ]; do
+	case $1 in
+	--quick) QUICK=1 ;;
+	--out) OUT=$2; shift ;;
+	--work) WORK=$2; shift ;;
+	--repeat) REPEAT=$2; shift ;;
+	--only) ONLY=$2; shift ;;
+	--compression) COMPRESSION=$2; shift ;;
+	--port) BASE_PORT=$2; shift ;;
+	--keep) KEEP=1 ;;
+	-h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+	*) echo "unknown option $1" >&2; exit 2 ;;
+	esac
+	shift
+done
+
+if [ "$QUICK" = 1 ]; then
+	INIT_MB=512        # benchmark 1 image
+	FIO_MB=256         # benchmark 2/4 file
+	FIO_RUNTIME=5
+	FIO_RAMP=1
+	CHURN_RATES="25 50 100"
+	CHURN_SECS=8
+	CATCH_MB=256       # benchmark 3 image
+	CATCH_QUEUE=$((2 << 20))
+	GOBENCHTIME=200ms
+	: "${REPEAT:=1}"
+else
+	INIT_MB=4096
+	FIO_MB=1024
+	FIO_RUNTIME=15
+	FIO_RAMP=2
+	CHURN_RATES="50 100 150 200 300"
+	CHURN_SECS=30
+	CATCH_MB=2048
+	CATCH_QUEUE=$((16 << 20))
+	GOBENCHTIME=1s
+	: "${REPEAT:=2}"
+fi
+CHANGE_PCT=5
+LAG_LIMIT=5
+
+P_MT=$BASE_PORT P_MTS=$((BASE_PORT + 1)) P_PS=$((BASE_PORT + 2)) P_PSS=$((BASE_PORT + 3)) P_AGS=$((BASE_PORT + 4))
+MT_S=127.0.0.1:$P_MTS PS_S=127.0.0.1:$P_PSS AG_S=127.0.0.1:$P_AGS
+
+mkdir -p "$OUT/logs" "$OUT/fio" "$OUT/csv" "$WORK"
+rm -f "$OUT"/logs/* "$OUT"/fio/* "$OUT"/csv/*
+RUNLOG=$OUT/run.log
+TSV=$OUT/results.tsv
+: >"$RUNLOG"
+printf 'benchmark\tcase\tmetric\tvalue\n' >"$TSV"
+
+log() { printf '%s %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$RUNLOG" >&2; }
+die() { log "FATAL: $*"; exit 1; }
+want() { [[ ",$ONLY," == *",$1,"* ]]; }
+now_ns() { date +%s%N; }
+secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN{printf "%.3f", (b-a)/1e9}'; }
+calc() { awk "BEGIN{printf \"%.${2:-3}f\", $1}"; }
+kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -1; }
+rec() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$TSV"; }
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+
+[ "$(id -u)" = 0 ] || die "run as root (drop_caches, apt-get)"
+
+# ---------------------------------------------------------------- tools
+need=()
+command -v qemu-img >/dev/null && command -v qemu-nbd >/dev/null || need+=(qemu-utils)
+command -v nbdcopy >/dev/null || need+=(libnbd-bin)
+command -v fio >/dev/null || need+=(fio)
+command -v rsync >/dev/null || need+=(rsync)
+command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
+if [ ${#need[@]} -gt 0 ]; then
+	log "installing ${need[*]}"
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >>"$RUNLOG" 2>&1
+fi
+fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine"
+
+CACHE_MODE=cold
+drop_caches() {
+	sync
+	if ! echo 3 >/proc/sys/vm/drop_caches 2>/dev/null; then
+		[ "$CACHE_MODE" = warm ] || log "cannot drop page caches: copy benchmarks run warm"
+		CACHE_MODE=warm
+	fi
+}
+
+# ---------------------------------------------------------------- build
+BIN=$WORK/bin
+mkdir -p "$BIN"
+log "building standby and bench/benchutil"
+(cd "$ROOT" && go build -o "$BIN/standby" ./cmd/standby && go build -o "$BIN/benchutil" ./bench/benchutil) || die "build failed"
+SB=$BIN/standby
+BU=$BIN/benchutil
+GITREV=$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)
+GITDIRTY=$(cd "$ROOT" && git status --porcelain 2>/dev/null | grep -c . || true)
+
+PKI=$WORK/pki
+rm -rf "$PKI"
+"$SB" certs --dir "$PKI" --host 127.0.0.1 --id agent/bench --id process-server/ps1 --id master-target/mt1 >"$OUT/logs/certs.log"
+tlsargs() { echo --ca "$PKI/ca.crt" --cert "$PKI/$1.crt" --key "$PKI/$1.key"; }
+
+# ---------------------------------------------------------------- processes
+declare -A PIDS=()
+start_bg() { # NAME LOGFILE CMD...
+	local name=$1 logf=$2
+	shift 2
+	"$@" >"$logf" 2>&1 &
+	PIDS[$name]=$!
+}
+stop_bg() { # NAME [SIGNAL]
+	local name=$1 sig=${2:-TERM} pid=${PIDS[$1]:-}
+	[ -n "$pid" ] || return 0
+	kill -s "$sig" "$pid" 2>/dev/null || true
+	for _ in $(seq 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+	kill -s KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+	unset "PIDS[$name]"
+}
+cleanup() {
+	local n
+	for n in "${!PIDS[@]}"; do stop_bg "$n"; done
+	if [ "$KEEP" = 0 ]; then rm -rf "$WORK"/b1 "$WORK"/b2 "$WORK"/b3 "$WORK"/stage-*; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+start_mt() { # DIR TAG
+	start_bg mt "$OUT/logs/$2-mt.log" "$SB" master-target --listen 127.0.0.1:$P_MT --data-dir "$1/mt" --status "$MT_S" $(tlsargs master-target-mt1)
+	"$BU" wait-up "$MT_S"
+}
+start_ps() { # DIR TAG
+	start_bg ps "$OUT/logs/$2-ps.log" "$SB" process-server --listen 127.0.0.1:$P_PS --cache-dir "$1/ps" --master-target 127.0.0.1:$P_MT \
+		--compression "$COMPRESSION" --status "$PS_S" $(tlsargs process-server-ps1)
+	"$BU" wait-up "$PS_S"
+}
+start_agent() { # DIR TAG IMAGE [extra agent flags]
+	local dir=$1 tag=$2 img=$3
+	shift 3
+	start_bg agent "$OUT/logs/$tag-agent.log" "$SB" agent --machine bench --state-dir "$dir/agent" --process-server 127.0.0.1:$P_PS \
+		--disk "disk0=$img" --nbd "unix:$dir/agent.sock" --status "$AG_S" $(tlsargs agent-bench) "$@"
+	"$BU" wait-up "$AG_S"
+}
+start_monitor() { # TAG [with-agent]
+	local args=(--csv "$OUT/csv/$1.csv")
+	[ "${2:-}" = agent ] && args+=(--agent "$AG_S")
+	[ -n "${PIDS[agent]:-}" ] && args+=(--pid "agent=${PIDS[agent]}")
+	[ -n "${PIDS[ps]:-}" ] && args+=(--pid "ps=${PIDS[ps]}")
+	MON_LOG=$OUT/logs/$1-monitor.log
+	start_bg mon "$MON_LOG" "$BU" monitor "${args[@]}"
+}
+stop_monitor() { # prints the summary line
+	stop_bg mon
+	tail -1 "$MON_LOG"
+}
+MEM_AGENT=0 MEM_PS=0 MEM_NOTES=()
+note_mem() { # BENCH SUMMARY
+	local a p
+	a=$(kv "$2" rss_max_kib_agent) p=$(kv "$2" rss_max_kib_ps)
+	a=${a:-0} p=${p:-0}
+	rec "$1" memory agent_rss_max_kib "$a"
+	rec "$1" memory ps_rss_max_kib "$p"
+	MEM_NOTES+=("| $1 | $(calc "$a/1024" 0) MiB | $(calc "$p/1024" 0) MiB |")
+	[ "$a" -gt "$MEM_AGENT" ] && MEM_AGENT=$a
+	[ "$p" -gt "$MEM_PS" ] && MEM_PS=$p
+	return 0
+}
+wait_sync() { # [wait-sync flags]; prints its key=value line
+	"$BU" wait-sync --agent "$AG_S" --mt "$MT_S" "$@"
+}
+
+# ---------------------------------------------------------------- images
+# make_ext4 IMG SIZE_MB: an ext4 file system of SIZE_MB filled to about 70 %
+# with a copy of parts of /usr (hard-linked into a staging directory, then
+# written by mkfs.ext4 -d). The image is sparse where the file system is free.
+make_ext4() {
+	local img=$1 mb=$2 pct stage budget used n
+	for pct in 70 60 50 40; do
+		stage=$WORK/stage-$mb
+		rm -rf "$stage"
+		mkdir -p "$stage"
+		budget=$((mb * 1024 * pct / 100))
+		used=0
+		local cands=(/usr/lib/x86_64-linux-gnu /usr/share /usr/bin /usr/include /usr/lib/jvm /usr/lib/llvm-14 /usr/sbin /usr/libexec /usr/lib/gcc)
+		local d
+		for d in /usr/lib/* /usr/*; do
+			[ "$d" = /usr/lib ] && continue
+			[[ " ${cands[*]} " == *" $d "* ]] || cands+=("$d")
+		done
+		for d in "${cands[@]}"; do
+			[ -e "$d" ] || continue
+			local sz
+			sz=$(du -sk "$d" 2>/dev/null | cut -f1) || continue
+			[ $((used + sz)) -le "$budget" ] || continue
+			mkdir -p "$stage$(dirname "$d")"
+			if ! cp -al "$d" "$stage$d" 2>/dev/null; then cp -a "$d" "$stage$d"; fi
+			used=$((used + sz))
+		done
+		n=$(find "$stage" | wc -l)
+		rm -f "$img"
+		truncate -s "${mb}M" "$img"
+		if mkfs.ext4 -q -F -m 0 -N $((n * 5 / 4 + 4096)) -d "$stage" "$img" >>"$RUNLOG" 2>&1; then
+			rm -rf "$stage"
+			log "made $img: ${mb} MiB ext4, $((used / 1024)) MiB of /usr in $n files, $(($(du -k "$img" | cut -f1) / 1024)) MiB allocated"
+			return 0
+		fi
+		log "mkfs.ext4 -d at ${pct}% did not fit, trying less"
+	done
+	die "could not build $img"
+}
+
+# ---------------------------------------------------------------- 1: initial copy
+B1_ROWS=()
+bench_initial() {
+	local dir=$WORK/b1 img out best_sb=0 best_qi=0 best_nq=0 best_nf=0 r t line s
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	img=$dir/src.img out=$dir/out.img
+	log "== 1. initial replication of a ${INIT_MB} MiB ext4 image ($CACHE_MODE caches)"
+	make_ext4 "$img" "$INIT_MB"
+	local alloc_mb
+	alloc_mb=$(($(du -k "$img" | cut -f1) / 1024))
+	rec initial image allocated_mib "$alloc_mb"
+	B1_ALLOC=$alloc_mb
+	for r in $(seq "$REPEAT"); do
+		# qemu-img convert
+		rm -f "$out"
+		drop_caches
+		s=$(now_ns)
+		qemu-img convert -f raw -O raw "$img" "$out"
+		sync "$out"
+		t=$(secs_since "$s")
+		log "   run $r qemu-img convert: ${t}s (load $(loadavg))"
+		rec initial qemu-img seconds "$t"
+		[ "$r" = 1 ] && { "$SB" verify "$img" "$out" >>"$RUNLOG" || die "qemu-img output differs"; }
+		best_qi=$(calc "($best_qi==0||$t<$best_qi)?$t:$best_qi")
+
+		# nbdcopy from a qemu-nbd export
+		rm -f "$out"
+		start_bg qemunbd "$OUT/logs/b1-qemu-nbd.log" qemu-nbd -r -f raw -t -e 8 --socket="$dir/q.sock" -x src "$img"
+		for _ in $(seq 50); do [ -S "$dir/q.sock" ] && break; sleep 0.1; done
+		drop_caches
+		s=$(now_ns)
+		nbdcopy "nbd+unix:///src?socket=$dir/q.sock" "$out"
+		sync "$out"
+		t=$(secs_since "$s")
+		stop_bg qemunbd
+		log "   run $r nbdcopy (qemu-nbd export → file): ${t}s"
+		rec initial nbdcopy-nbd seconds "$t"
+		[ "$r" = 1 ] && { "$SB" verify "$img" "$out" >>"$RUNLOG" || die "nbdcopy output differs"; }
+		best_nq=$(calc "($best_nq==0||$t<$best_nq)?$t:$best_nq")
+
+		# nbdcopy file to file
+		rm -f "$out"
+		drop_caches
+		s=$(now_ns)
+		nbdcopy "$img" "$out"
+		sync "$out"
+		t=$(secs_since "$s")
+		log "   run $r nbdcopy (file → file): ${t}s"
+		rec initial nbdcopy-file seconds "$t"
+		[ "$r" = 1 ] && { "$SB" verify "$img" "$out" >>"$RUNLOG" || die "nbdcopy output differs"; }
+		best_nf=$(calc "($best_nf==0||$t<$best_nf)?$t:$best_nf")
+		rm -f "$out"
+
+		# standby: agent → process server → master target
+		rm -rf "$dir/mt" "$dir/ps" "$dir/agent"
+		start_mt "$dir" "b1-r$r"
+		start_ps "$dir" "b1-r$r"
+		drop_caches
+		s=$(now_ns)
+		start_agent "$dir" "b1-r$r" "$img"
+		start_monitor "b1-r$r"
+		line=$(wait_sync --start "$s" --timeout 25m) || die "initial sync did not finish"
+		t=$(kv "$line" elapsed)
+		local msum
+		msum=$(stop_monitor)
+		note_mem "1.initial-r$r" "$msum"
+		log "   run $r standby agent→PS→MT: ${t}s  ($msum)"
+		rec initial standby seconds "$t"
+		stop_bg agent
+		stop_bg ps
+		stop_bg mt
+		"$SB" verify "$img" "$dir/mt/bench/disk0.img" >>"$RUNLOG" || die "standby replica differs from the source"
+		rec initial standby verified 1
+		best_sb=$(calc "($best_sb==0||$t<$best_sb)?$t:$best_sb")
+		rm -rf "$dir/mt" "$dir/ps" "$dir/agent"
+	done
+	B1_SB=$best_sb B1_QI=$best_qi B1_NQ=$best_nq B1_NF=$best_nf
+	rm -rf "$dir"
+}
+
+# ---------------------------------------------------------------- 2: intercept overhead
+declare -A FIO=()
+FIO_JOBS=(rand4k-qd1 rand4k-qd32 seq1m-qd8)
+fio_args() { # JOB
+	case $1 in
+	rand4k-qd1) echo --rw=randwrite --bs=4k --iodepth=1 ;;
+	rand4k-qd32) echo --rw=randwrite --bs=4k --iodepth=32 ;;
+	seq1m-qd8) echo --rw=write --bs=1M --iodepth=8 ;;
+	esac
+}
+run_fio() { # NAME URI OUTJSON extra...
+	local name=$1 uri=$2 json=$3
+	shift 3
+	fio --name="$name" --ioengine=nbd --uri="$uri" --size="${FIO_MB}M" --output-format=json --output="$json" "$@" >>"$RUNLOG" 2>&1
+}
+bench_intercept() {
+	local dir=$WORK/b2 r job tgt line json msum
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	log "== 2. intercept overhead: fio through the agent's NBD export vs qemu-nbd (${FIO_MB} MiB files of random data, ${FIO_RUNTIME}s per job)"
+	dd if=/dev/urandom of="$dir/base.img" bs=1M count="$FIO_MB" status=none
+	cp "$dir/base.img" "$dir/q.img"
+	cp "$dir/base.img" "$dir/a.img"
+	rm -f "$dir/base.img"
+	start_bg qemunbd "$OUT/logs/b2-qemu-nbd.log" qemu-nbd -f raw -t --cache=writeback --aio=threads --socket="$dir/q.sock" -x disk0 "$dir/q.img"
+	start_mt "$dir" b2
+	start_ps "$dir" b2
+	start_agent "$dir" b2 "$dir/a.img"
+	line=$(wait_sync --timeout 10m) || die "initial sync for benchmark 2 did not finish"
+	log "   agent initial sync of the fio file: $(kv "$line" elapsed)s"
+	local QURI="nbd+unix:///disk0?socket=$dir/q.sock" AURI="nbd+unix:///disk0?socket=$dir/agent.sock"
+	for r in $(seq "$REPEAT"); do
+		for job in "${FIO_JOBS[@]}"; do
+			# alternate which goes first, so neither always runs on a warmer machine
+			local order="qemu-nbd standby"
+			[ $((r % 2)) = 0 ] && order="standby qemu-nbd"
+			for tgt in $order; do
+				json=$OUT/fio/$job-$tgt-r$r.json
+				if [ "$tgt" = standby ]; then
+					wait_sync --timeout 5m >/dev/null || log "   (agent not drained before $job)"
+					start_monitor "b2-$job-r$r" agent
+					run_fio "$job" "$AURI" "$json" $(fio_args "$job") --runtime="$FIO_RUNTIME" --ramp_time="$FIO_RAMP" --time_based
+					msum=$(stop_monitor)
+				else
+					run_fio "$job" "$QURI" "$json" $(fio_args "$job") --runtime="$FIO_RUNTIME" --ramp_time="$FIO_RAMP" --time_based
+					msum=
+				fi
+				line=$("$BU" fio "$json")
+				log "   run $r $job $tgt: $line ${msum:+ | $msum}"
+				local iops bw
+				iops=$(kv "$line" iops) bw=$(kv "$line" bw_bytes)
+				rec "intercept" "$job-$tgt" iops "$iops"
+				rec "intercept" "$job-$tgt" bw_bytes "$bw"
+				rec "intercept" "$job-$tgt" lat_mean_us "$(kv "$line" lat_mean_us)"
+				if [ -z "${FIO[$job-$tgt-iops]:-}" ] || [ "$(calc "$iops > ${FIO[$job-$tgt-iops]}" 0)" = 1 ]; then
+					FIO[$job-$tgt-iops]=$iops FIO[$job-$tgt-bw]=$bw FIO[$job-$tgt-lat]=$(kv "$line" lat_mean_us)
+					[ "$tgt" = standby ] && FIO[$job-mon]=$msum
+				fi
+			done
+		done
+	done
+	stop_bg qemunbd
+	rm -f "$dir/q.img"
+}
+
+# ---------------------------------------------------------------- 4: sustained churn
+CHURN_ROWS=() CHURN_BEST=0
+bench_churn() {
+	local dir=$WORK/b2 rate line msum json
+	log "== 4. sustained churn: fio randwrite 64k qd8 at fixed rates through the agent, ${CHURN_SECS}s per step, lag sampled every second"
+	if [ -z "${PIDS[agent]:-}" ]; then
+		rm -rf "$dir"
+		mkdir -p "$dir"
+		dd if=/dev/urandom of="$dir/a.img" bs=1M count="$FIO_MB" status=none
+		start_mt "$dir" b4
+		start_ps "$dir" b4
+		start_agent "$dir" b4 "$dir/a.img"
+	fi
+	local AURI="nbd+unix:///disk0?socket=$dir/agent.sock"
+	for rate in $CHURN_RATES; do
+		wait_sync --timeout 5m >/dev/null || die "agent did not drain before churn step $rate"
+		json=$OUT/fio/churn-$rate.json
+		start_monitor "b4-churn-$rate" agent
+		run_fio churn "$AURI" "$json" --rw=randwrite --bs=64k --iodepth=8 --rate=$((rate * 1000000)) --runtime="$CHURN_SECS" --time_based
+		msum=$(stop_monitor)
+		line=$("$BU" fio "$json")
+		local bw maxlag ov bm achieved ok=yes why=
+		bw=$(kv "$line" bw_bytes) maxlag=$(kv "$msum" max_lag) ov=$(kv "$msum" overflows) bm=$(kv "$msum" bitmap_seen)
+		achieved=$(calc "$bw/1000000" 1)
+		[ "$(calc "$maxlag < $LAG_LIMIT" 0)" = 1 ] || { ok=no; why+=" lag ${maxlag}s"; }
+		[ "$ov" = 0 ] && [ "$bm" = false ] || { ok=no; why+=" queue overflowed to bitmap"; }
+		[ "$(calc "$bw >= 0.95 * $rate * 1000000" 0)" = 1 ] || { ok=no; why+=" fio reached only ${achieved} MB/s"; }
+		note_mem "4.churn-$rate" "$msum"
+		log "   $rate MB/s: achieved ${achieved} MB/s, max lag ${maxlag}s, median lag $(kv "$msum" median_lag)s, overflows $ov → $ok$why"
+		rec churn "rate-$rate" achieved_mb_s "$achieved"
+		rec churn "rate-$rate" max_lag_s "$maxlag"
+		rec churn "rate-$rate" pass "$ok"
+		CHURN_ROWS+=("| $rate | $achieved | $maxlag | $(kv "$msum" median_lag) | $ov | $ok${why:+ ($why )} |")
+		if [ "$ok" = yes ]; then CHURN_BEST=$rate; else break; fi
+	done
+	line=$(wait_sync --timeout 10m) || die "agent did not drain after churn"
+	stop_bg agent
+	stop_bg ps
+	stop_bg mt
+	"$SB" verify "$dir/a.img" "$dir/mt/bench/disk0.img" >>"$RUNLOG" || die "replica differs after churn"
+	rec churn final verified 1
+	rm -rf "$dir"
+}
+
+# ---------------------------------------------------------------- 3: catch-up after an outage
+bench_catchup() {
+	local dir=$WORK/b3 img line msum s t nblocks nchg
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	img=$dir/src.img
+	log "== 3. catching up after an outage: ${CATCH_MB} MiB ext4 image, ${CHANGE_PCT}% of 4 KiB blocks changed while the process server is down"
+	make_ext4 "$img" "$CATCH_MB"
+	start_mt "$dir" b3
+	start_ps "$dir" b3
+	start_agent "$dir" b3 "$img" --queue-bytes "$CATCH_QUEUE"
+	start_monitor b3-initial
+	line=$(wait_sync --timeout 20m) || die "initial sync for benchmark 3 did not finish"
+	note_mem "3.catchup-initial" "$(stop_monitor)"
+	log "   initial sync: $(kv "$line" elapsed)s"
+	# the replica's state, for rsync's old side (two copies: one per block size)
+	cp --sparse=always "$img" "$dir/old1.img"
+	cp --sparse=always "$img" "$dir/old2.img"
+
+	log "   link down: kill -9 of the process server"
+	stop_bg ps KILL
+	nblocks=$((CATCH_MB * 256))
+	nchg=$((nblocks * CHANGE_PCT / 100))
+	start_monitor b3-outage agent
+	fio --name=change --ioengine=nbd --uri="nbd+unix:///disk0?socket=$dir/agent.sock" --rw=randwrite --bs=4k --iodepth=16 \
+		--number_ios="$nchg" --refill_buffers --size="${CATCH_MB}M" --output-format=json --output="$OUT/fio/catchup-change.json" >>"$RUNLOG" 2>&1
+	msum=$(stop_monitor)
+	line=$("$BU" agent "$AG_S")
+	log "   changed $nchg random 4 KiB blocks ($((nchg * 4 / 1024)) MiB) through the agent: $line"
+	[ "$(kv "$line" bitmap_mode)" = true ] || [ "$(kv "$line" overflows)" != 0 ] || log "   WARNING: the queue did not overflow to the bitmap"
+	rec catchup change blocks "$nchg"
+	rec catchup change overflows "$(kv "$line" overflows)"
+	cp --sparse=always "$img" "$dir/changed.img"
+
+	drop_caches
+	s=$(now_ns)
+	start_ps "$dir" b3-restart
+	start_monitor b3-catchup agent
+	line=$(wait_sync --start "$s" --timeout 20m) || die "catch-up did not finish"
+	msum=$(stop_monitor)
+	note_mem "3.catchup" "$msum"
+	B3_SB=$(kv "$line" elapsed) B3_CONN=$(kv "$line" connected_at)
+	log "   standby catch-up: ${B3_SB}s from process server restart (agent reconnected at ${B3_CONN}s)  ($msum)"
+	rec catchup standby seconds "$B3_SB"
+	rec catchup standby reconnect_s "$B3_CONN"
+	stop_bg agent
+	stop_bg ps
+	stop_bg mt
+	"$SB" verify "$img" "$dir/mt/bench/disk0.img" >>"$RUNLOG" || die "standby replica differs after catch-up"
+	rec catchup standby verified 1
+
+	drop_caches
+	s=$(now_ns)
+	rsync --inplace --no-whole-file "$dir/changed.img" "$dir/old1.img"
+	sync "$dir/old1.img"
+	B3_RS=$(secs_since "$s")
+	log "   rsync --inplace --no-whole-file (default block size): ${B3_RS}s"
+	rec catchup rsync-default seconds "$B3_RS"
+	drop_caches
+	s=$(now_ns)
+	rsync --inplace --no-whole-file -B 4096 "$dir/changed.img" "$dir/old2.img"
+	sync "$dir/old2.img"
+	B3_RS4=$(secs_since "$s")
+	log "   rsync --inplace --no-whole-file -B 4096: ${B3_RS4}s"
+	rec catchup rsync-B4096 seconds "$B3_RS4"
+	cmp -s "$dir/changed.img" "$dir/old1.img" && cmp -s "$dir/changed.img" "$dir/old2.img" || die "rsync result differs"
+	rm -rf "$dir"
+}
+
+# ---------------------------------------------------------------- Go benchmarks
+bench_go() {
+	log "== Go benchmarks (go test -bench=. -benchtime=$GOBENCHTIME ./internal/...)"
+	(cd "$ROOT" && go test -run='^$' -bench=. -benchtime="$GOBENCHTIME" -benchmem -count=1 ./internal/... >"$OUT/logs/gobench.log" 2>&1) || log "   go test -bench failed (see logs/gobench.log)"
+	grep -E '^(Benchmark|ok|FAIL|---)' "$OUT/logs/gobench.log" | grep -v 'no test files' >"$OUT/gobench.txt" || true
+	grep -E '^Benchmark' "$OUT/gobench.txt" | tee -a "$RUNLOG" >&2 || true
+}
+
+# ---------------------------------------------------------------- run
+START_NS=$(now_ns)
+log "standby benchmarks: $( [ "$QUICK" = 1 ] && echo quick || echo full ), revision $GITREV ($GITDIRTY changed files), out $OUT, work $WORK, load $(loadavg)"
+drop_caches
+want initial && bench_initial
+want intercept && bench_intercept
+want churn && bench_churn
+want catchup && bench_catchup
+want go && bench_go
+TOTAL=$(secs_since "$START_NS")
+
+# ---------------------------------------------------------------- report
+ratio() { calc "$1" 2; }
+verdict() { [ "$(calc "$1" 0)" = 1 ] && echo met || echo MISSED; }
+RES=$OUT/results.md
+{
+	echo "# standby benchmark results"
+	echo
+	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $( [ "$QUICK" = 1 ] && echo '`--quick`' || echo 'full run'), revision $GITREV ($GITDIRTY files changed in the working tree), $(nproc) CPUs, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load average at the end $(loadavg). Took $(calc "$TOTAL/60" 1) min. Copy benchmarks ran with **$CACHE_MODE** page caches; compression $COMPRESSION; best of $REPEAT for benchmarks 1 and 2."
+	echo
+	echo "| # | benchmark | standby | peer | ratio | target | verdict |"
+	echo "|---|---|---|---|---|---|---|"
+	if want initial; then
+		local_mb=$INIT_MB
+		for p in "qemu-img convert:$B1_QI" "nbdcopy qemu-nbd→file:$B1_NQ" "nbdcopy file→file:$B1_NF"; do
+			name=${p%%:*} pt=${p##*:}
+			echo "| 1 | initial copy ${local_mb} MiB (${B1_ALLOC} MiB allocated) vs $name | ${B1_SB} s ($(calc "$local_mb/$B1_SB" 0) MiB/s) | ${pt} s ($(calc "$local_mb/$pt" 0) MiB/s) | $(ratio "$pt/$B1_SB")× | ≥ 0.8× | $(verdict "$pt/$B1_SB >= 0.8") |"
+		done
+	fi
+	if want intercept; then
+		for job in "${FIO_JOBS[@]}"; do
+			a=${FIO[$job-standby-iops]:-0} q=${FIO[$job-qemu-nbd-iops]:-0}
+			ab=${FIO[$job-standby-bw]:-0} qb=${FIO[$job-qemu-nbd-bw]:-0}
+			echo "| 2 | fio $job | $(calc "$a" 0) IOPS, $(calc "$ab/1048576" 1) MiB/s | $(calc "$q" 0) IOPS, $(calc "$qb/1048576" 1) MiB/s (qemu-nbd) | $(ratio "$a/($q+1e-9)")× | ≥ 0.8× | $(verdict "$a/($q+1e-9) >= 0.8") |"
+		done
+	fi
+	if want catchup; then
+		echo "| 3 | catch-up, ${CHANGE_PCT}% of ${CATCH_MB} MiB changed, vs rsync -B 4096 | ${B3_SB} s | ${B3_RS4} s | $(ratio "$B3_SB/$B3_RS4")× of rsync's time | ≤ 0.5× | $(verdict "$B3_SB/$B3_RS4 <= 0.5") |"
+		echo "| 3 | same, vs rsync default block size | ${B3_SB} s | ${B3_RS} s | $(ratio "$B3_SB/$B3_RS")× of rsync's time | (info) | |"
+	fi
+	if want churn; then
+		echo "| 4 | sustained churn, highest rate with lag < ${LAG_LIMIT} s | ${CHURN_BEST} MB/s | | | ≥ 100 MB/s | $(verdict "$CHURN_BEST >= 100") |"
+	fi
+	if [ "${#MEM_NOTES[@]}" -gt 0 ]; then
+		echo "| 5 | memory, max RSS in 1, 3, 4 | agent $(calc "$MEM_AGENT/1024" 0) MiB, process server $(calc "$MEM_PS/1024" 0) MiB | | | ≤ 256 MiB | $(verdict "$MEM_AGENT <= 262144 && $MEM_PS <= 262144") |"
+	fi
+	echo
+	if want intercept; then
+		echo "## 2. Intercept overhead (best of $REPEAT)"
+		echo
+		echo "| job | qemu-nbd IOPS | standby IOPS | ratio | qemu-nbd mean lat | standby mean lat | standby replication during the job |"
+		echo "|---|---|---|---|---|---|---|"
+		for job in "${FIO_JOBS[@]}"; do
+			m=${FIO[$job-mon]:-}
+			echo "| $job | $(calc "${FIO[$job-qemu-nbd-iops]:-0}" 0) | $(calc "${FIO[$job-standby-iops]:-0}" 0) | $(ratio "${FIO[$job-standby-iops]:-0}/(${FIO[$job-qemu-nbd-iops]:-0}+1e-9)")× | ${FIO[$job-qemu-nbd-lat]:-} µs | ${FIO[$job-standby-lat]:-} µs | max lag $(kv "$m" max_lag) s, overflows $(kv "$m" overflows), bitmap mode seen $(kv "$m" bitmap_seen) |"
+		done
+		echo
+	fi
+	if want churn; then
+		echo "## 4. Sustained churn (fio randwrite 64 KiB, iodepth 8, ${CHURN_SECS} s per step)"
+		echo
+		echo "| target MB/s | achieved MB/s | max lag s | median lag s | queue overflows | pass |"
+		echo "|---|---|---|---|---|---|"
+		printf '%s\n' "${CHURN_ROWS[@]}"
+		echo
+	fi
+	if [ "${#MEM_NOTES[@]}" -gt 0 ]; then
+		echo "## 5. Memory (max VmRSS sampled every second)"
+		echo
+		echo "| phase | agent | process server |"
+		echo "|---|---|---|"
+		printf '%s\n' "${MEM_NOTES[@]}"
+		echo
+	fi
+	if want go && [ -s "$OUT/gobench.txt" ]; then
+		echo "## Go benchmarks (-benchtime=$GOBENCHTIME)"
+		echo
+		echo '```'
+		cat "$OUT/gobench.txt"
+		echo '```'
+		echo
+	fi
+	echo "Raw figures of every run: results.tsv; timeline: run.log; per-second samples: csv/; fio JSON: fio/; role logs: logs/."
+} >"$RES"
+log "done in $(calc "$TOTAL/60" 1) min; results in $RES"
+cat "$RES"
