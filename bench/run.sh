@@ -50,13 +50,14 @@ done
 if [ "$QUICK" = 1 ]; then
 	INIT_MB=512        # benchmark 1 image
 	FIO_MB=256         # benchmark 2/4 file
-	FIO_RUNTIME=5
+	FIO_RUNTIME=4
 	FIO_RAMP=1
-	CHURN_RATES="25 50 100"
-	CHURN_SECS=8
+	CHURN_RATES="50 100"
+	CHURN_SECS=6
 	CATCH_MB=256       # benchmark 3 image
 	CATCH_QUEUE=$((2 << 20))
 	GOBENCHTIME=200ms
+	export NBD_FIO_RUNTIME=${NBD_FIO_RUNTIME:-1} # internal/nbd's fio benchmark
 	: "${REPEAT:=1}"
 else
 	INIT_MB=4096
@@ -88,7 +89,7 @@ die() { log "FATAL: $*"; exit 1; }
 want() { [[ ",$ONLY," == *",$1,"* ]]; }
 now_ns() { date +%s%N; }
 secs_since() { awk -v a="$1" -v b="$(now_ns)" 'BEGIN{printf "%.3f", (b-a)/1e9}'; }
-calc() { awk "BEGIN{printf \"%.${2:-3}f\", $1}"; }
+calc() { awk "BEGIN{printf \"%.${2:-3}f\", ($1)}"; }
 kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -1; }
 rec() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$TSV"; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
@@ -178,6 +179,7 @@ start_monitor() { # TAG [with-agent]
 	[ "${2:-}" = agent ] && args+=(--agent "$AG_S")
 	[ -n "${PIDS[agent]:-}" ] && args+=(--pid "agent=${PIDS[agent]}")
 	[ -n "${PIDS[ps]:-}" ] && args+=(--pid "ps=${PIDS[ps]}")
+	[ -n "${PIDS[mt]:-}" ] && args+=(--pid "mt=${PIDS[mt]}")
 	MON_LOG=$OUT/logs/$1-monitor.log
 	start_bg mon "$MON_LOG" "$BU" monitor "${args[@]}"
 }
@@ -205,29 +207,39 @@ wait_sync() { # [wait-sync flags]; prints its key=value line
 # make_ext4 IMG SIZE_MB: an ext4 file system of SIZE_MB filled to about 70 %
 # with a copy of parts of /usr (hard-linked into a staging directory, then
 # written by mkfs.ext4 -d). The image is sparse where the file system is free.
-make_ext4() {
-	local img=$1 mb=$2 pct stage budget used n
-	for pct in 70 60 50 40; do
-		stage=$WORK/stage-$mb
-		rm -rf "$stage"
-		mkdir -p "$stage"
-		budget=$((mb * 1024 * pct / 100))
-		used=0
+USR_DU=
+usr_sizes() { # "KiB PATH" per candidate, in order of preference; computed once
+	if [ -z "$USR_DU" ]; then
+		USR_DU=$WORK/usr-du.txt
 		local cands=(/usr/lib/x86_64-linux-gnu /usr/share /usr/bin /usr/include /usr/lib/jvm /usr/lib/llvm-14 /usr/sbin /usr/libexec /usr/lib/gcc)
 		local d
 		for d in /usr/lib/* /usr/*; do
 			[ "$d" = /usr/lib ] && continue
 			[[ " ${cands[*]} " == *" $d "* ]] || cands+=("$d")
 		done
+		: >"$USR_DU"
 		for d in "${cands[@]}"; do
-			[ -e "$d" ] || continue
-			local sz
-			sz=$(du -sk "$d" 2>/dev/null | cut -f1) || continue
+			[ -e "$d" ] && du -sk "$d" 2>/dev/null | awk -F'\t' '{print $1, $2}' >>"$USR_DU"
+		done
+	fi
+	cat "$USR_DU"
+}
+make_ext4() {
+	local img=$1 mb=$2 pct stage budget used n
+	usr_sizes >/dev/null
+	for pct in 70 60 50 40; do
+		stage=$WORK/stage-$mb
+		rm -rf "$stage"
+		mkdir -p "$stage"
+		budget=$((mb * 1024 * pct / 100))
+		used=0
+		local d sz
+		while read -r sz d; do
 			[ $((used + sz)) -le "$budget" ] || continue
 			mkdir -p "$stage$(dirname "$d")"
 			if ! cp -al "$d" "$stage$d" 2>/dev/null; then cp -a "$d" "$stage$d"; fi
 			used=$((used + sz))
-		done
+		done <"$USR_DU"
 		n=$(find "$stage" | wc -l)
 		rm -f "$img"
 		truncate -s "${mb}M" "$img"
@@ -310,6 +322,9 @@ bench_initial() {
 		note_mem "1.initial-r$r" "$msum"
 		log "   run $r standby agent→PS→MT: ${t}s  ($msum)"
 		rec initial standby seconds "$t"
+		local role
+		for role in agent ps mt; do rec initial standby "cpu_s_$role" "$(kv "$msum" "cpu_s_$role")"; done
+		if [ "$best_sb" = 0 ] || [ "$(calc "$t < $best_sb" 0)" = 1 ]; then B1_CPU="agent $(kv "$msum" cpu_s_agent) s, process server $(kv "$msum" cpu_s_ps) s, master target $(kv "$msum" cpu_s_mt) s"; fi
 		stop_bg agent
 		stop_bg ps
 		stop_bg mt
@@ -392,14 +407,20 @@ CHURN_ROWS=() CHURN_BEST=0
 bench_churn() {
 	local dir=$WORK/b2 rate line msum json
 	log "== 4. sustained churn: fio randwrite 64k qd8 at fixed rates through the agent, ${CHURN_SECS}s per step, lag sampled every second"
-	if [ -z "${PIDS[agent]:-}" ]; then
+	if [ -n "${PIDS[agent]:-}" ]; then
+		# fresh processes (clean restart, no resync), so the memory
+		# figures are this benchmark's and not left over from benchmark 2
+		stop_bg agent
+		stop_bg ps
+		stop_bg mt
+	else
 		rm -rf "$dir"
 		mkdir -p "$dir"
 		dd if=/dev/urandom of="$dir/a.img" bs=1M count="$FIO_MB" status=none
-		start_mt "$dir" b4
-		start_ps "$dir" b4
-		start_agent "$dir" b4 "$dir/a.img"
 	fi
+	start_mt "$dir" b4
+	start_ps "$dir" b4
+	start_agent "$dir" b4 "$dir/a.img"
 	local AURI="nbd+unix:///disk0?socket=$dir/agent.sock"
 	for rate in $CHURN_RATES; do
 		wait_sync --timeout 5m >/dev/null || die "agent did not drain before churn step $rate"
@@ -474,6 +495,7 @@ bench_catchup() {
 	note_mem "3.catchup" "$msum"
 	B3_SB=$(kv "$line" elapsed) B3_CONN=$(kv "$line" connected_at)
 	log "   standby catch-up: ${B3_SB}s from process server restart (agent reconnected at ${B3_CONN}s)  ($msum)"
+	B3_CPU="agent $(kv "$msum" cpu_s_agent) s, process server $(kv "$msum" cpu_s_ps) s, master target $(kv "$msum" cpu_s_mt) s"
 	rec catchup standby seconds "$B3_SB"
 	rec catchup standby reconnect_s "$B3_CONN"
 	stop_bg agent
@@ -555,6 +577,18 @@ RES=$OUT/results.md
 		echo "| 5 | memory, max RSS in 1, 3, 4 | agent $(calc "$MEM_AGENT/1024" 0) MiB, process server $(calc "$MEM_PS/1024" 0) MiB | | | ≤ 256 MiB | $(verdict "$MEM_AGENT <= 262144 && $MEM_PS <= 262144") |"
 	fi
 	echo
+	if want initial; then
+		echo "## 1. Initial copy"
+		echo
+		echo "Best of $REPEAT; time from starting the agent (process server and master target already running) until the agent reports every disk replicating and drained and the master target has applied and checkpointed everything; the replica is then compared with \`standby verify\`. Peers are timed until their output file is fsynced (\`sync FILE\`). CPU time of the standby roles in the best run: ${B1_CPU:-n/a}."
+		echo
+	fi
+	if want catchup; then
+		echo "## 3. Catch-up"
+		echo
+		echo "Agent reconnected ${B3_CONN} s after the process server was restarted (reconnect backoff), the rest is the resync. CPU time: ${B3_CPU:-n/a}."
+		echo
+	fi
 	if want intercept; then
 		echo "## 2. Intercept overhead (best of $REPEAT)"
 		echo

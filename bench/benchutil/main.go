@@ -226,6 +226,27 @@ func procKiB(pid int) (rss, hwm int64, err error) {
 	return rss, hwm, nil
 }
 
+// procCPU is the user+system CPU time of a process in seconds (USER_HZ is
+// 100 on every Linux architecture Go supports here).
+func procCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name may hold spaces: fields start after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("unexpected /proc stat format")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("short /proc stat")
+	}
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100, nil
+}
+
 // monitor samples the agent's lag and the processes' memory until it is
 // told to stop, then prints a one-line summary of key=value pairs.
 func monitor(args []string) error {
@@ -240,6 +261,8 @@ func monitor(args []string) error {
 		name        string
 		pid         int
 		maxRSS, hwm int64
+		cpu0, cpu1  float64
+		haveCPU     bool
 	}
 	var procs []*proc
 	for _, p := range pids {
@@ -306,6 +329,12 @@ func monitor(args []string) error {
 				p.maxRSS = max(p.maxRSS, rss)
 				p.hwm = max(p.hwm, hwm)
 			}
+			if c, err := procCPU(p.pid); err == nil {
+				if !p.haveCPU {
+					p.cpu0, p.haveCPU = c, true
+				}
+				p.cpu1 = c
+			}
 			line += fmt.Sprintf(",%d", rss)
 		}
 		fmt.Fprintln(csv, line)
@@ -329,7 +358,7 @@ loop:
 	}
 	out := fmt.Sprintf("samples=%d max_lag=%.3f median_lag=%.3f overflows=%d bitmap_seen=%v disconnected_seen=%v", samples, maxLag, p50, ovEnd-ovStart, bitmapSeen, disconnected)
 	for _, p := range procs {
-		out += fmt.Sprintf(" rss_max_kib_%s=%d hwm_kib_%s=%d", p.name, p.maxRSS, p.name, p.hwm)
+		out += fmt.Sprintf(" rss_max_kib_%s=%d hwm_kib_%s=%d cpu_s_%s=%.2f", p.name, p.maxRSS, p.name, p.hwm, p.name, p.cpu1-p.cpu0)
 	}
 	fmt.Println(out)
 	return nil

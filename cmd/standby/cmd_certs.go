@@ -13,8 +13,8 @@ func certsCmd() *cobra.Command {
 	var dir string
 	var hosts, ids []string
 	cmd := &cobra.Command{
-		Use:   "certs",
-		Short: "Create a CA and certificates for components (until enrollment through the configuration server exists)",
+		Use:     "certs",
+		Short:   "Create a CA and certificates for components (until enrollment through the configuration server exists)",
 		Example: `  standby certs --dir pki --host 127.0.0.1 --id agent/web1 --id process-server/ps1 --id master-target/mt1`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var list []pki.Identity

@@ -36,16 +36,16 @@ type DiskConfig struct {
 
 // Config is the agent's configuration.
 type Config struct {
-	Machine       string       `yaml:"machine"`
-	StateDir      string       `yaml:"state_dir"`
-	ProcessServer string       `yaml:"process_server"`
-	NBDListen     []string     `yaml:"nbd_listen"` // unix:PATH or tcp:HOST:PORT
-	StatusListen  string       `yaml:"status_listen"`
-	Disks         []DiskConfig `yaml:"disks"`
-	QueueBytes    int64        `yaml:"queue_bytes"`
+	Machine       string        `yaml:"machine"`
+	StateDir      string        `yaml:"state_dir"`
+	ProcessServer string        `yaml:"process_server"`
+	NBDListen     []string      `yaml:"nbd_listen"` // unix:PATH or tcp:HOST:PORT
+	StatusListen  string        `yaml:"status_listen"`
+	Disks         []DiskConfig  `yaml:"disks"`
+	QueueBytes    int64         `yaml:"queue_bytes"`
 	EpochInterval time.Duration `yaml:"epoch_interval"`
-	BatchBytes    int          `yaml:"batch_bytes"`
-	ResyncChunk   int64        `yaml:"resync_chunk"`
+	BatchBytes    int           `yaml:"batch_bytes"`
+	ResyncChunk   int64         `yaml:"resync_chunk"`
 
 	TLS    *tls.Config  `yaml:"-"`
 	Logger *slog.Logger `yaml:"-"`
@@ -112,7 +112,6 @@ type Agent struct {
 	mu        sync.Mutex
 	connected bool
 	connErr   string
-	psAddr    string
 	nbdAddrs  []string
 }
 
@@ -275,7 +274,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		goRun("nbd server", func(ctx context.Context) error { return srv.Serve(ctx, ln) })
 	}
 	if a.cfg.StatusListen != "" {
-		ln, err := net.Listen("tcp", a.cfg.StatusListen)
+		ln, err := statusapi.Listen(a.cfg.StatusListen)
 		if err != nil {
 			return fmt.Errorf("agent: status listener: %w", err)
 		}
@@ -423,7 +422,7 @@ func (a *Agent) session(ctx context.Context) error {
 		return fmt.Errorf("handshake with process server: %w", err)
 	}
 	_ = c.SetDeadline(time.Time{})
-	a.q.ack(wire.Ack{Cached: w.Cached, Durable: w.Durable})
+	a.q.ack(wire.Ack(w))
 	a.q.resetSend()
 	a.setConnected(true, nil)
 	a.log.Info("connected to process server", "addr", a.cfg.ProcessServer, "cached", w.Cached, "durable", w.Durable)

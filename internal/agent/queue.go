@@ -353,13 +353,13 @@ func (q *queue) wake() {
 }
 
 type queueStats struct {
-	Bytes, Copies           int64
-	Records                 int
+	Bytes, Copies            int64
+	Records                  int
 	LastSeq, Cached, Durable uint64
-	Lag                     time.Duration
-	BitmapMode              bool
-	Overflows               uint64
-	InflightCopies          int
+	Lag                      time.Duration
+	BitmapMode               bool
+	Overflows                uint64
+	InflightCopies           int
 }
 
 func (q *queue) stats() queueStats {

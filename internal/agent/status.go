@@ -1,23 +1,21 @@
 package agent
 
-
-
 // DiskStatus is what an operator needs to know about one protected disk.
 type DiskStatus struct {
-	Name          string  `json:"name"`
-	Path          string  `json:"path"`
-	Mode          string  `json:"mode"`
-	State         string  `json:"state"`
-	Size          int64   `json:"size"`
-	SyncTotal     int64   `json:"sync_total_bytes,omitempty"`
-	SyncDone      int64   `json:"sync_done_bytes,omitempty"`
-	SyncRate      int64   `json:"sync_rate_bytes_per_sec,omitempty"`
-	SyncETA       float64 `json:"sync_eta_seconds,omitempty"`
-	DirtyBytes    int64   `json:"dirty_bytes"`
-	PendingBytes  int64   `json:"pending_bytes"`
-	LagSeconds    float64 `json:"lag_seconds"`
-	AppliedSeq    uint64  `json:"last_applied_seq"`
-	LastError     string  `json:"last_error,omitempty"`
+	Name         string  `json:"name"`
+	Path         string  `json:"path"`
+	Mode         string  `json:"mode"`
+	State        string  `json:"state"`
+	Size         int64   `json:"size"`
+	SyncTotal    int64   `json:"sync_total_bytes,omitempty"`
+	SyncDone     int64   `json:"sync_done_bytes,omitempty"`
+	SyncRate     int64   `json:"sync_rate_bytes_per_sec,omitempty"`
+	SyncETA      float64 `json:"sync_eta_seconds,omitempty"`
+	DirtyBytes   int64   `json:"dirty_bytes"`
+	PendingBytes int64   `json:"pending_bytes"`
+	LagSeconds   float64 `json:"lag_seconds"`
+	AppliedSeq   uint64  `json:"last_applied_seq"`
+	LastError    string  `json:"last_error,omitempty"`
 }
 
 // Status is the agent's report.
@@ -88,4 +86,3 @@ func (a *Agent) Status() Status {
 	s.Drained = drained && qs.Bytes == 0
 	return s
 }
-

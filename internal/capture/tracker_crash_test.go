@@ -159,12 +159,24 @@ func TestTrackerKill9(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// The kill timer starts once the child has opened the tracker, so a
+		// slow start on a loaded machine does not waste the round.
+		opened := make(chan struct{})
 		outc := make(chan []byte)
 		go func() {
-			b, _ := io.ReadAll(stdout)
-			outc <- b
+			br := bufio.NewReader(stdout)
+			first, _ := br.ReadBytes('\n')
+			close(opened)
+			rest, _ := io.ReadAll(br)
+			outc <- append(first, rest...)
 		}()
-		time.Sleep(time.Duration(50+rnd.IntN(400)) * time.Millisecond)
+		select {
+		case <-opened:
+		case <-time.After(2 * time.Minute):
+			cmd.Process.Kill()
+			t.Fatalf("round %d: child did not start; stderr:\n%s", round, stderr.Bytes())
+		}
+		time.Sleep(time.Duration(20+rnd.IntN(400)) * time.Millisecond)
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}

@@ -90,7 +90,11 @@ func (m *machine) runApply(ctx context.Context) {
 				continue
 			}
 			// Apply only whole epochs: wait for a marker at or after rec.
-			for m.epochLimit < rec.Seq && !m.closed && ctx.Err() == nil {
+			// While a disk is being resynced the replica has no consistent
+			// point to protect, and waiting could deadlock: copies become
+			// durable here only once applied, and the process server frees
+			// cache (letting the next marker through) only for durable data.
+			for m.epochLimit < rec.Seq && m.consistentLocked() && !m.closed && ctx.Err() == nil {
 				m.mu.Unlock()
 				if unsynced > 0 {
 					if err := m.sync(); err != nil {
@@ -100,7 +104,7 @@ func (m *machine) runApply(ctx context.Context) {
 					lastSync, unsynced = time.Now(), 0
 				}
 				m.mu.Lock()
-				if m.epochLimit >= rec.Seq || m.closed || ctx.Err() != nil {
+				if m.epochLimit >= rec.Seq || !m.consistentLocked() || m.closed || ctx.Err() != nil {
 					break
 				}
 				m.cond.Wait()
@@ -126,6 +130,17 @@ func (m *machine) runApply(ctx context.Context) {
 			}
 		}
 	}
+}
+
+// consistentLocked reports whether every replica disk is at a consistent
+// point in the applied state. Caller holds m.mu.
+func (m *machine) consistentLocked() bool {
+	for _, d := range m.live.Disks {
+		if !d.Consistent {
+			return false
+		}
+	}
+	return true
 }
 
 func (m *machine) fail(lg interface{ Error(string, ...any) }, err error) {

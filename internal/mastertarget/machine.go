@@ -45,23 +45,23 @@ type machine struct {
 	replica []*blockdev.Disk
 	wg      sync.WaitGroup
 
-	mu          sync.Mutex
-	cond        *sync.Cond
-	cp          checkpoint // as last persisted
-	live        checkpoint // as applied in memory
-	lastSeq     uint64     // newest seq in intake
-	epochLimit  uint64     // newest epoch marker in intake: apply stops there
-	durable     uint64
-	session     uint64
-	connected   bool
-	peer        string
-	applyErr    string
-	appliedAt   time.Time
-	bytesIn     uint64
-	bytesApply  uint64
-	started     bool
-	closed      bool
-	notify      chan struct{}
+	mu         sync.Mutex
+	cond       *sync.Cond
+	cp         checkpoint // as last persisted
+	live       checkpoint // as applied in memory
+	lastSeq    uint64     // newest seq in intake
+	epochLimit uint64     // newest epoch marker in intake: apply stops there
+	durable    uint64
+	session    uint64
+	connected  bool
+	peer       string
+	applyErr   string
+	appliedAt  time.Time
+	bytesIn    uint64
+	bytesApply uint64
+	started    bool
+	closed     bool
+	notify     chan struct{}
 }
 
 func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error) {

@@ -5,10 +5,10 @@ import "github.com/prometheus/client_golang/prometheus"
 type metricsCollector struct{ s *Server }
 
 var (
-	descLag      = prometheus.NewDesc("standby_mt_rpo_seconds", "Age of the newest applied crash-consistent point.", []string{"machine"}, nil)
-	descIntake   = prometheus.NewDesc("standby_mt_intake_bytes", "Bytes in the intake log not yet applied and trimmed.", []string{"machine"}, nil)
-	descConsist  = prometheus.NewDesc("standby_mt_disk_consistent", "1 when the replica disk is at a consistent point.", []string{"machine", "disk"}, nil)
-	descApplied  = prometheus.NewDesc("standby_mt_applied_bytes_total", "Bytes applied to replicas.", []string{"machine"}, nil)
+	descLag     = prometheus.NewDesc("standby_mt_rpo_seconds", "Age of the newest applied crash-consistent point.", []string{"machine"}, nil)
+	descIntake  = prometheus.NewDesc("standby_mt_intake_bytes", "Bytes in the intake log not yet applied and trimmed.", []string{"machine"}, nil)
+	descConsist = prometheus.NewDesc("standby_mt_disk_consistent", "1 when the replica disk is at a consistent point.", []string{"machine", "disk"}, nil)
+	descApplied = prometheus.NewDesc("standby_mt_applied_bytes_total", "Bytes applied to replicas.", []string{"machine"}, nil)
 )
 
 func (c metricsCollector) Describe(ch chan<- *prometheus.Desc) {

@@ -49,7 +49,6 @@ type Server struct {
 	machines map[string]*machine
 	addr     string
 	runCtx   context.Context
-	wg       sync.WaitGroup
 }
 
 // New checks the configuration and opens existing replicas.
@@ -124,7 +123,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	s.log.Info("master target listening", "addr", ln.Addr().String(), "data_dir", s.cfg.DataDir)
 	if s.cfg.StatusListen != "" {
-		sl, err := net.Listen("tcp", s.cfg.StatusListen)
+		sl, err := statusapi.Listen(s.cfg.StatusListen)
 		if err != nil {
 			ln.Close()
 			return fmt.Errorf("master target: status listener: %w", err)

@@ -31,8 +31,8 @@ type Backend interface {
 // correct, only slower for the client.
 type Extenter interface {
 	// Extents calls fn for consecutive runs covering [off, off+length);
-	// hole runs must read as zeros. It may stop early by returning
-	// errStopExtents-like sentinel errors from fn; the server does.
+	// hole runs must read as zeros. When fn returns an error, Extents
+	// must stop and return it (the server stops early that way).
 	Extents(ctx context.Context, off, length int64, fn func(off, length int64, hole bool) error) error
 }
 

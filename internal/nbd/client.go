@@ -337,16 +337,20 @@ func (c *Client) readReply(br *bufio.Reader) error {
 		flags := binary.BigEndian.Uint16(h[4:6])
 		typ := binary.BigEndian.Uint16(h[6:8])
 		length := binary.BigEndian.Uint32(h[16:20])
-		cl, err := c.lookup(binary.BigEndian.Uint64(h[8:16]), flags&replyFlagDone != 0)
+		done := flags&replyFlagDone != 0
+		cl, err := c.lookup(binary.BigEndian.Uint64(h[8:16]), done)
 		if err != nil {
 			return err
 		}
 		if err := c.readChunk(br, cl, typ, length); err != nil {
-			cl.err = err
-			close(cl.done)
+			if done {
+				// No longer pending, so readLoop will not fail it.
+				cl.err = err
+				close(cl.done)
+			}
 			return err
 		}
-		if flags&replyFlagDone != 0 {
+		if done {
 			close(cl.done)
 		}
 		return nil

@@ -121,10 +121,25 @@ func (c *conn) readLoop() error {
 				return fmt.Errorf("nbd: reading %d-byte write payload: %w", req.length, err)
 			}
 		}
-		c.sem <- struct{}{}
+		w := c.weight(req)
+		for range w {
+			c.sem <- struct{}{}
+		}
 		c.wg.Add(1)
-		go c.handle(req, buf)
+		go c.handle(req, buf, w)
 	}
+}
+
+// weight is how many in-flight slots a request takes: one, plus one per MiB
+// of payload, so the slots bound buffered payload memory as well as request
+// count. Only the read loop acquires slots, so taking several one at a time
+// cannot deadlock.
+func (c *conn) weight(req request) int {
+	w := 1
+	if req.typ == cmdRead || req.typ == cmdWrite {
+		w += int(min(req.length, MaxPayload) >> 20)
+	}
+	return min(w, cap(c.sem))
 }
 
 // check validates a request against the negotiated session. It returns an
@@ -175,10 +190,12 @@ func (c *conn) check(req request) (uint32, string) {
 	return 0, ""
 }
 
-func (c *conn) handle(req request, buf *[]byte) {
+func (c *conn) handle(req request, buf *[]byte, weight int) {
 	defer func() {
 		c.bufs.put(buf)
-		<-c.sem
+		for range weight {
+			<-c.sem
+		}
 		c.wg.Done()
 	}()
 	if errno, msg := c.check(req); errno != 0 {

@@ -27,9 +27,10 @@ type Server struct {
 	// HandshakeTimeout bounds option haggling so idle or slow clients do
 	// not hold connections open. Zero means 30 seconds.
 	HandshakeTimeout time.Duration
-	// MaxInFlight bounds the requests executing at once per connection,
-	// and with it the payload memory a client can pin (MaxInFlight ×
-	// MaxPayload at worst). Zero means 64.
+	// MaxInFlight bounds the requests executing at once per connection.
+	// A READ or WRITE counts once more per MiB of payload, which bounds
+	// the payload memory one connection can pin to about MaxInFlight MiB
+	// (plus one maximum payload). Zero means 64.
 	MaxInFlight int
 
 	bufs bufPool

@@ -287,7 +287,7 @@ func TestNbdfuseExt4(t *testing.T) {
 	detach := func() {
 		if loopAttached {
 			loopAttached = false
-			run(t, "losetup", "-d", dev)
+			runCleanup(t, "losetup", "-d", dev)
 		}
 	}
 	t.Cleanup(detach)
@@ -298,7 +298,7 @@ func TestNbdfuseExt4(t *testing.T) {
 	unmount := func() {
 		if mounted {
 			mounted = false
-			run(t, "umount", fsDir)
+			runCleanup(t, "umount", fsDir)
 		}
 	}
 	t.Cleanup(unmount)
@@ -385,4 +385,13 @@ func mountNbdfuse(t *testing.T, dir, uri string) string {
 		}
 	}
 	return filepath.Join(dir, "disk")
+}
+
+// runCleanup is run for teardown steps: a failure is reported but does not
+// stop the remaining cleanup.
+func runCleanup(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
+		t.Errorf("%s %q: %v\n%s", name, args, err, out)
+	}
 }

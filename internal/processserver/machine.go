@@ -249,7 +249,7 @@ func (m *machine) forward(ctx context.Context) error {
 		return fmt.Errorf("handshake with master target: %w", err)
 	}
 	_ = c.SetDeadline(time.Time{})
-	m.ackFromMT(wire.Ack{Cached: w.Cached, Durable: w.Durable})
+	m.ackFromMT(wire.Ack(w))
 	m.mu.Lock()
 	m.mtConnected = true
 	m.mtErr = ""

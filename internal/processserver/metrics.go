@@ -6,11 +6,11 @@ import "github.com/prometheus/client_golang/prometheus"
 type metricsCollector struct{ s *Server }
 
 var (
-	descCache    = prometheus.NewDesc("standby_ps_cache_bytes", "Bytes held in the machine's durable cache.", []string{"machine"}, nil)
-	descFill     = prometheus.NewDesc("standby_ps_cache_fill_ratio", "Cache bytes over the cache limit.", []string{"machine"}, nil)
-	descRatio    = prometheus.NewDesc("standby_ps_compression_ratio", "Bytes before over bytes after compression to the master target.", []string{"machine"}, nil)
-	descBehind   = prometheus.NewDesc("standby_ps_unforwarded_seqs", "Sequence distance between the cache head and what the master target holds durably.", []string{"machine"}, nil)
-	descMTUp     = prometheus.NewDesc("standby_ps_master_target_connected", "1 while the forwarding session is up.", []string{"machine"}, nil)
+	descCache  = prometheus.NewDesc("standby_ps_cache_bytes", "Bytes held in the machine's durable cache.", []string{"machine"}, nil)
+	descFill   = prometheus.NewDesc("standby_ps_cache_fill_ratio", "Cache bytes over the cache limit.", []string{"machine"}, nil)
+	descRatio  = prometheus.NewDesc("standby_ps_compression_ratio", "Bytes before over bytes after compression to the master target.", []string{"machine"}, nil)
+	descBehind = prometheus.NewDesc("standby_ps_unforwarded_seqs", "Sequence distance between the cache head and what the master target holds durably.", []string{"machine"}, nil)
+	descMTUp   = prometheus.NewDesc("standby_ps_master_target_connected", "1 while the forwarding session is up.", []string{"machine"}, nil)
 )
 
 func (c metricsCollector) Describe(ch chan<- *prometheus.Desc) {

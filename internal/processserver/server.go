@@ -144,7 +144,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.mu.Unlock()
 	s.log.Info("process server listening", "addr", ln.Addr().String(), "master_target", s.cfg.MasterTarget, "compression", s.cfg.Compression)
 	if s.cfg.StatusListen != "" {
-		sl, err := net.Listen("tcp", s.cfg.StatusListen)
+		sl, err := statusapi.Listen(s.cfg.StatusListen)
 		if err != nil {
 			ln.Close()
 			return fmt.Errorf("process server: status listener: %w", err)

@@ -173,14 +173,14 @@ type cluster struct {
 	mt, ps, ag *proc
 
 	// options
-	queueBytes  int64
-	cacheBytes  int64
-	extraAgent  []string
-	extraPS     []string
-	extraMT     []string
-	mtWrap      []string
-	psWrap      []string
-	agWrap      []string
+	queueBytes int64
+	cacheBytes int64
+	extraAgent []string
+	extraPS    []string
+	extraMT    []string
+	mtWrap     []string
+	psWrap     []string
+	agWrap     []string
 }
 
 type clusterOpt func(*cluster)
@@ -217,7 +217,9 @@ func newCluster(t *testing.T, diskSizes []int64, opts ...clusterOpt) *cluster {
 	if c.psAddr == "" {
 		c.psAddr = freePort(t)
 	}
-	c.mtStatus, c.psStatus, c.agStat = freePort(t), freePort(t), freePort(t)
+	if c.mtStatus == "" {
+		c.mtStatus, c.psStatus, c.agStat = freePort(t), freePort(t), freePort(t)
+	}
 	tlsArgs := func(r pki.Role, n string) []string {
 		f := files[pki.Identity{Role: r, Name: n}]
 		return []string{"--ca", f.CA, "--cert", f.Cert, "--key", f.Key}
