@@ -10,13 +10,17 @@
 #                  results.md, results.tsv, logs/, fio/, csv/
 #   --work DIR     scratch space for images (default /var/tmp/standby-bench);
 #                  needs about 4x the initial-copy image size free
-#   --repeat N     repetitions of benchmarks 1 and 2 (default 2, quick 1);
-#                  the best of N is reported, all runs are in results.tsv
+#   --repeat N     repetitions of benchmarks 1 and 2 (default: 1 for the
+#                  copy benchmark, 2 for fio; quick 1); the best of N is
+#                  reported, every run is in results.tsv
 #   --only LIST    comma-separated subset of: initial,intercept,churn,catchup,go
 #   --compression  process server compression (default adaptive, the default
 #                  of the binary)
 #   --port BASE    first of 6 loopback TCP ports to use (default 17900)
 #   --keep         keep the scratch directory
+#
+# The ext4 images built from /usr are cached in WORK/images and reused by
+# later runs (delete them to rebuild); everything else is rebuilt each run.
 #
 # Must run as root (drop_caches, apt-get). Every standby role runs as its
 # own process on loopback with mutual TLS, as in production.
@@ -58,7 +62,7 @@ if [ "$QUICK" = 1 ]; then
 	CATCH_QUEUE=$((2 << 20))
 	GOBENCHTIME=200ms
 	export NBD_FIO_RUNTIME=${NBD_FIO_RUNTIME:-1} # internal/nbd's fio benchmark
-	: "${REPEAT:=1}"
+	REPEAT_COPY=${REPEAT:-1} REPEAT_FIO=${REPEAT:-1}
 else
 	INIT_MB=4096
 	FIO_MB=1024
@@ -69,7 +73,8 @@ else
 	CATCH_MB=2048
 	CATCH_QUEUE=$((16 << 20))
 	GOBENCHTIME=1s
-	: "${REPEAT:=2}"
+	REPEAT_COPY=${REPEAT:-1} REPEAT_FIO=${REPEAT:-2}
+	export NBD_FIO_RUNTIME=${NBD_FIO_RUNTIME:-3} # internal/nbd's fio benchmark
 fi
 CHANGE_PCT=5
 LAG_LIMIT=5
@@ -93,6 +98,13 @@ calc() { awk "BEGIN{printf \"%.${2:-3}f\", ($1)}"; }
 kv() { tr ' ' '\n' <<<"$1" | sed -n "s/^$2=//p" | head -1; }
 rec() { printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$4" >>"$TSV"; }
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+# timed CMD...: runs CMD, sets T (wall seconds) and CPU (user+system seconds of CMD and its children)
+timed() {
+	local tf=$WORK/.time r u s TIMEFORMAT='%R %U %S'
+	{ time { "$@" 2>&3; }; } 3>&2 2>"$tf"
+	read -r r u s <"$tf"
+	T=$r CPU=$(calc "$u + $s" 2)
+}
 
 [ "$(id -u)" = 0 ] || die "run as root (drop_caches, apt-get)"
 
@@ -162,9 +174,9 @@ start_mt() { # DIR TAG
 	start_bg mt "$OUT/logs/$2-mt.log" "$SB" master-target --listen 127.0.0.1:$P_MT --data-dir "$1/mt" --status "$MT_S" $(tlsargs master-target-mt1)
 	"$BU" wait-up "$MT_S"
 }
-start_ps() { # DIR TAG
+start_ps() { # DIR TAG [COMPRESSION]
 	start_bg ps "$OUT/logs/$2-ps.log" "$SB" process-server --listen 127.0.0.1:$P_PS --cache-dir "$1/ps" --master-target 127.0.0.1:$P_MT \
-		--compression "$COMPRESSION" --status "$PS_S" $(tlsargs process-server-ps1)
+		--compression "${3:-$COMPRESSION}" --status "$PS_S" $(tlsargs process-server-ps1)
 	"$BU" wait-up "$PS_S"
 }
 start_agent() { # DIR TAG IMAGE [extra agent flags]
@@ -224,6 +236,19 @@ usr_sizes() { # "KiB PATH" per candidate, in order of preference; computed once
 	fi
 	cat "$USR_DU"
 }
+# ext4_image SIZE_MB: sets IMG to the cached image of that size, building it
+# first if needed (the build is not timed; it reads a few GB of /usr).
+ext4_image() {
+	IMG=$WORK/images/ext4-$1.img
+	if [ -s "$IMG" ] && [ -e "$IMG.ok" ]; then
+		log "using cached $IMG ($(($(du -k "$IMG" | cut -f1) / 1024)) MiB allocated; delete it to rebuild)"
+		return 0
+	fi
+	mkdir -p "$WORK/images"
+	rm -f "$IMG.ok"
+	make_ext4 "$IMG" "$1"
+	touch "$IMG.ok"
+}
 make_ext4() {
 	local img=$1 mb=$2 pct stage budget used n
 	usr_sizes >/dev/null
@@ -253,86 +278,94 @@ make_ext4() {
 	die "could not build $img"
 }
 
+# standby_initial DIR IMG TAG COMPRESSION: one timed initial replication,
+# sets T (seconds), CPU (CPU-s of the three roles) and CPUS (per role)
+standby_initial() {
+	local dir=$1 img=$2 tag=$3 comp=$4 s line msum
+	rm -rf "$dir/mt" "$dir/ps" "$dir/agent"
+	start_mt "$dir" "$tag"
+	start_ps "$dir" "$tag" "$comp"
+	drop_caches
+	s=$(now_ns)
+	start_agent "$dir" "$tag" "$img"
+	start_monitor "$tag"
+	line=$(wait_sync --start "$s" --timeout 25m) || die "initial sync did not finish"
+	T=$(kv "$line" elapsed)
+	msum=$(stop_monitor)
+	note_mem "1.initial-$tag" "$msum"
+	log "   $tag standby agent→PS→MT (compression $comp): ${T}s  ($msum)"
+	CPUS="agent $(kv "$msum" cpu_s_agent) s, process server $(kv "$msum" cpu_s_ps) s, master target $(kv "$msum" cpu_s_mt) s"
+	CPU=$(calc "$(kv "$msum" cpu_s_agent) + $(kv "$msum" cpu_s_ps) + $(kv "$msum" cpu_s_mt)" 2)
+	stop_bg agent
+	stop_bg ps
+	stop_bg mt
+	"$SB" verify "$img" "$dir/mt/bench/disk0.img" >>"$RUNLOG" || die "standby replica differs from the source ($tag)"
+	rm -rf "$dir/mt" "$dir/ps" "$dir/agent"
+}
+
 # ---------------------------------------------------------------- 1: initial copy
 B1_ROWS=()
 bench_initial() {
 	local dir=$WORK/b1 img out best_sb=0 best_qi=0 best_nq=0 best_nf=0 r t line s
 	rm -rf "$dir"
 	mkdir -p "$dir"
-	img=$dir/src.img out=$dir/out.img
+	out=$dir/out.img
 	log "== 1. initial replication of a ${INIT_MB} MiB ext4 image ($CACHE_MODE caches)"
-	make_ext4 "$img" "$INIT_MB"
+	ext4_image "$INIT_MB"
+	img=$IMG
 	local alloc_mb
 	alloc_mb=$(($(du -k "$img" | cut -f1) / 1024))
 	rec initial image allocated_mib "$alloc_mb"
 	B1_ALLOC=$alloc_mb
-	for r in $(seq "$REPEAT"); do
+	for r in $(seq "$REPEAT_COPY"); do
 		# qemu-img convert
 		rm -f "$out"
 		drop_caches
-		s=$(now_ns)
-		qemu-img convert -f raw -O raw "$img" "$out"
-		sync "$out"
-		t=$(secs_since "$s")
-		log "   run $r qemu-img convert: ${t}s (load $(loadavg))"
-		rec initial qemu-img seconds "$t"
-		[ "$r" = 1 ] && { "$SB" verify "$img" "$out" >>"$RUNLOG" || die "qemu-img output differs"; }
-		best_qi=$(calc "($best_qi==0||$t<$best_qi)?$t:$best_qi")
+		timed sh -c "qemu-img convert -f raw -O raw '$img' '$out' && sync '$out'"
+		log "   run $r qemu-img convert: ${T}s, ${CPU} CPU-s (load $(loadavg))"
+		rec initial qemu-img seconds "$T"
+		rec initial qemu-img cpu_s "$CPU"
+		if [ "$best_qi" = 0 ] || [ "$(calc "$T < $best_qi" 0)" = 1 ]; then best_qi=$T B1_QI_CPU=$CPU; fi
 
 		# nbdcopy from a qemu-nbd export
 		rm -f "$out"
 		start_bg qemunbd "$OUT/logs/b1-qemu-nbd.log" qemu-nbd -r -f raw -t -e 8 --socket="$dir/q.sock" -x src "$img"
 		for _ in $(seq 50); do [ -S "$dir/q.sock" ] && break; sleep 0.1; done
 		drop_caches
-		s=$(now_ns)
-		nbdcopy "nbd+unix:///src?socket=$dir/q.sock" "$out"
-		sync "$out"
-		t=$(secs_since "$s")
+		local qcpu0 qcpu1
+		qcpu0=$("$BU" cpu "${PIDS[qemunbd]}")
+		timed sh -c "nbdcopy 'nbd+unix:///src?socket=$dir/q.sock' '$out' && sync '$out'"
+		qcpu1=$("$BU" cpu "${PIDS[qemunbd]}")
+		CPU=$(calc "$CPU + $qcpu1 - $qcpu0" 2)
 		stop_bg qemunbd
-		log "   run $r nbdcopy (qemu-nbd export → file): ${t}s"
-		rec initial nbdcopy-nbd seconds "$t"
-		[ "$r" = 1 ] && { "$SB" verify "$img" "$out" >>"$RUNLOG" || die "nbdcopy output differs"; }
-		best_nq=$(calc "($best_nq==0||$t<$best_nq)?$t:$best_nq")
+		log "   run $r nbdcopy (qemu-nbd export → file): ${T}s, ${CPU} CPU-s with qemu-nbd's"
+		rec initial nbdcopy-nbd seconds "$T"
+		rec initial nbdcopy-nbd cpu_s "$CPU"
+		if [ "$best_nq" = 0 ] || [ "$(calc "$T < $best_nq" 0)" = 1 ]; then best_nq=$T B1_NQ_CPU=$CPU; fi
 
 		# nbdcopy file to file
 		rm -f "$out"
 		drop_caches
-		s=$(now_ns)
-		nbdcopy "$img" "$out"
-		sync "$out"
-		t=$(secs_since "$s")
-		log "   run $r nbdcopy (file → file): ${t}s"
-		rec initial nbdcopy-file seconds "$t"
-		[ "$r" = 1 ] && { "$SB" verify "$img" "$out" >>"$RUNLOG" || die "nbdcopy output differs"; }
-		best_nf=$(calc "($best_nf==0||$t<$best_nf)?$t:$best_nf")
+		timed sh -c "nbdcopy '$img' '$out' && sync '$out'"
+		log "   run $r nbdcopy (file → file): ${T}s, ${CPU} CPU-s"
+		rec initial nbdcopy-file seconds "$T"
+		rec initial nbdcopy-file cpu_s "$CPU"
+		if [ "$best_nf" = 0 ] || [ "$(calc "$T < $best_nf" 0)" = 1 ]; then best_nf=$T B1_NF_CPU=$CPU; fi
 		rm -f "$out"
 
 		# standby: agent → process server → master target
-		rm -rf "$dir/mt" "$dir/ps" "$dir/agent"
-		start_mt "$dir" "b1-r$r"
-		start_ps "$dir" "b1-r$r"
-		drop_caches
-		s=$(now_ns)
-		start_agent "$dir" "b1-r$r" "$img"
-		start_monitor "b1-r$r"
-		line=$(wait_sync --start "$s" --timeout 25m) || die "initial sync did not finish"
-		t=$(kv "$line" elapsed)
-		local msum
-		msum=$(stop_monitor)
-		note_mem "1.initial-r$r" "$msum"
-		log "   run $r standby agent→PS→MT: ${t}s  ($msum)"
-		rec initial standby seconds "$t"
-		local role
-		for role in agent ps mt; do rec initial standby "cpu_s_$role" "$(kv "$msum" "cpu_s_$role")"; done
-		if [ "$best_sb" = 0 ] || [ "$(calc "$t < $best_sb" 0)" = 1 ]; then B1_CPU="agent $(kv "$msum" cpu_s_agent) s, process server $(kv "$msum" cpu_s_ps) s, master target $(kv "$msum" cpu_s_mt) s"; fi
-		stop_bg agent
-		stop_bg ps
-		stop_bg mt
-		"$SB" verify "$img" "$dir/mt/bench/disk0.img" >>"$RUNLOG" || die "standby replica differs from the source"
-		rec initial standby verified 1
-		best_sb=$(calc "($best_sb==0||$t<$best_sb)?$t:$best_sb")
-		rm -rf "$dir/mt" "$dir/ps" "$dir/agent"
+		standby_initial "$dir" "$img" "b1-r$r" "$COMPRESSION"
+		rec initial standby seconds "$T"
+		rec initial standby cpu_s "$CPU"
+		if [ "$best_sb" = 0 ] || [ "$(calc "$T < $best_sb" 0)" = 1 ]; then best_sb=$T B1_CPU=$CPUS B1_SB_CPU=$CPU; fi
 	done
+	if [ "$COMPRESSION" != none ]; then
+		# the same once without compression, to show what compression costs on a CPU-bound host
+		standby_initial "$dir" "$img" "b1-none" none
+		rec initial standby-none seconds "$T"
+		rec initial standby-none cpu_s "$CPU"
+		B1_NONE=$T B1_NONE_CPU=$CPU B1_NONE_CPUS=$CPUS
+	fi
 	B1_SB=$best_sb B1_QI=$best_qi B1_NQ=$best_nq B1_NF=$best_nf
 	rm -rf "$dir"
 }
@@ -368,7 +401,7 @@ bench_intercept() {
 	line=$(wait_sync --timeout 10m) || die "initial sync for benchmark 2 did not finish"
 	log "   agent initial sync of the fio file: $(kv "$line" elapsed)s"
 	local QURI="nbd+unix:///disk0?socket=$dir/q.sock" AURI="nbd+unix:///disk0?socket=$dir/agent.sock"
-	for r in $(seq "$REPEAT"); do
+	for r in $(seq "$REPEAT_FIO"); do
 		for job in "${FIO_JOBS[@]}"; do
 			# alternate which goes first, so neither always runs on a warmer machine
 			local order="qemu-nbd standby"
@@ -399,28 +432,37 @@ bench_intercept() {
 		done
 	done
 	stop_bg qemunbd
-	rm -f "$dir/q.img"
+	stop_bg agent
+	stop_bg ps
+	stop_bg mt
+	rm -rf "$dir"
 }
 
 # ---------------------------------------------------------------- 4: sustained churn
 CHURN_ROWS=() CHURN_BEST=0
 bench_churn() {
-	local dir=$WORK/b2 rate line msum json
+	local dir=$WORK/b4 rate line msum json
 	log "== 4. sustained churn: fio randwrite 64k qd8 at fixed rates through the agent, ${CHURN_SECS}s per step, lag sampled every second"
-	if [ -n "${PIDS[agent]:-}" ]; then
-		# fresh processes (clean restart, no resync), so the memory
-		# figures are this benchmark's and not left over from benchmark 2
-		stop_bg agent
-		stop_bg ps
-		stop_bg mt
-	else
-		rm -rf "$dir"
-		mkdir -p "$dir"
-		dd if=/dev/urandom of="$dir/a.img" bs=1M count="$FIO_MB" status=none
-	fi
+	# a fresh pair, so the memory figures are this benchmark's own
+	rm -rf "$dir"
+	mkdir -p "$dir"
+	dd if=/dev/urandom of="$dir/a.img" bs=1M count="$FIO_MB" status=none
+	# what this host can take at all: the same job unthrottled into qemu-nbd
+	cp "$dir/a.img" "$dir/q.img"
+	start_bg qemunbd "$OUT/logs/b4-qemu-nbd.log" qemu-nbd -f raw -t --cache=writeback --aio=threads --socket="$dir/q.sock" -x disk0 "$dir/q.img"
+	for _ in $(seq 50); do [ -S "$dir/q.sock" ] && break; sleep 0.1; done
+	run_fio churn-ceiling "nbd+unix:///disk0?socket=$dir/q.sock" "$OUT/fio/churn-qemu-nbd-unthrottled.json" --rw=randwrite --bs=64k --iodepth=8 --runtime="$CHURN_SECS" --time_based
+	stop_bg qemunbd
+	rm -f "$dir/q.img"
+	line=$("$BU" fio "$OUT/fio/churn-qemu-nbd-unthrottled.json")
+	CHURN_CEIL=$(calc "$(kv "$line" bw_bytes)/1000000" 1)
+	log "   host ceiling: the same job unthrottled into qemu-nbd: ${CHURN_CEIL} MB/s"
+	rec churn qemu-nbd-unthrottled achieved_mb_s "$CHURN_CEIL"
 	start_mt "$dir" b4
 	start_ps "$dir" b4
 	start_agent "$dir" b4 "$dir/a.img"
+	line=$(wait_sync --timeout 10m) || die "initial sync for benchmark 4 did not finish"
+	log "   initial sync of the churn file: $(kv "$line" elapsed)s"
 	local AURI="nbd+unix:///disk0?socket=$dir/agent.sock"
 	for rate in $CHURN_RATES; do
 		wait_sync --timeout 5m >/dev/null || die "agent did not drain before churn step $rate"
@@ -459,7 +501,8 @@ bench_catchup() {
 	mkdir -p "$dir"
 	img=$dir/src.img
 	log "== 3. catching up after an outage: ${CATCH_MB} MiB ext4 image, ${CHANGE_PCT}% of 4 KiB blocks changed while the process server is down"
-	make_ext4 "$img" "$CATCH_MB"
+	ext4_image "$CATCH_MB"
+	cp --sparse=always "$IMG" "$img"
 	start_mt "$dir" b3
 	start_ps "$dir" b3
 	start_agent "$dir" b3 "$img" --queue-bytes "$CATCH_QUEUE"
@@ -496,6 +539,7 @@ bench_catchup() {
 	B3_SB=$(kv "$line" elapsed) B3_CONN=$(kv "$line" connected_at)
 	log "   standby catch-up: ${B3_SB}s from process server restart (agent reconnected at ${B3_CONN}s)  ($msum)"
 	B3_CPU="agent $(kv "$msum" cpu_s_agent) s, process server $(kv "$msum" cpu_s_ps) s, master target $(kv "$msum" cpu_s_mt) s"
+	B3_SB_CPU=$(calc "$(kv "$msum" cpu_s_agent) + $(kv "$msum" cpu_s_ps) + $(kv "$msum" cpu_s_mt)" 2)
 	rec catchup standby seconds "$B3_SB"
 	rec catchup standby reconnect_s "$B3_CONN"
 	stop_bg agent
@@ -505,19 +549,17 @@ bench_catchup() {
 	rec catchup standby verified 1
 
 	drop_caches
-	s=$(now_ns)
-	rsync --inplace --no-whole-file "$dir/changed.img" "$dir/old1.img"
-	sync "$dir/old1.img"
-	B3_RS=$(secs_since "$s")
-	log "   rsync --inplace --no-whole-file (default block size): ${B3_RS}s"
+	timed sh -c "rsync --inplace --no-whole-file '$dir/changed.img' '$dir/old1.img' && sync '$dir/old1.img'"
+	B3_RS=$T B3_RS_CPU=$CPU
+	log "   rsync --inplace --no-whole-file (default block size): ${B3_RS}s, ${CPU} CPU-s"
 	rec catchup rsync-default seconds "$B3_RS"
+	rec catchup rsync-default cpu_s "$CPU"
 	drop_caches
-	s=$(now_ns)
-	rsync --inplace --no-whole-file -B 4096 "$dir/changed.img" "$dir/old2.img"
-	sync "$dir/old2.img"
-	B3_RS4=$(secs_since "$s")
-	log "   rsync --inplace --no-whole-file -B 4096: ${B3_RS4}s"
+	timed sh -c "rsync --inplace --no-whole-file -B 4096 '$dir/changed.img' '$dir/old2.img' && sync '$dir/old2.img'"
+	B3_RS4=$T B3_RS4_CPU=$CPU
+	log "   rsync --inplace --no-whole-file -B 4096: ${B3_RS4}s, ${CPU} CPU-s"
 	rec catchup rsync-B4096 seconds "$B3_RS4"
+	rec catchup rsync-B4096 cpu_s "$CPU"
 	cmp -s "$dir/changed.img" "$dir/old1.img" && cmp -s "$dir/changed.img" "$dir/old2.img" || die "rsync result differs"
 	rm -rf "$dir"
 }
@@ -534,11 +576,12 @@ bench_go() {
 START_NS=$(now_ns)
 log "standby benchmarks: $( [ "$QUICK" = 1 ] && echo quick || echo full ), revision $GITREV ($GITDIRTY changed files), out $OUT, work $WORK, load $(loadavg)"
 drop_caches
-want initial && bench_initial
-want intercept && bench_intercept
-want churn && bench_churn
-want catchup && bench_catchup
-want go && bench_go
+phase() { log "-- phase done after $(calc "$(secs_since "$START_NS")/60" 1) min"; }
+if want initial; then bench_initial; phase; fi
+if want intercept; then bench_intercept; phase; fi
+if want churn; then bench_churn; phase; fi
+if want catchup; then bench_catchup; phase; fi
+if want go; then bench_go; fi
 TOTAL=$(secs_since "$START_NS")
 
 # ---------------------------------------------------------------- report
@@ -548,15 +591,15 @@ RES=$OUT/results.md
 {
 	echo "# standby benchmark results"
 	echo
-	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $( [ "$QUICK" = 1 ] && echo '`--quick`' || echo 'full run'), revision $GITREV ($GITDIRTY files changed in the working tree), $(nproc) CPUs, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load average at the end $(loadavg). Took $(calc "$TOTAL/60" 1) min. Copy benchmarks ran with **$CACHE_MODE** page caches; compression $COMPRESSION; best of $REPEAT for benchmarks 1 and 2."
+	echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), $( [ "$QUICK" = 1 ] && echo '`--quick`' || echo 'full run'), revision $GITREV ($GITDIRTY files changed in the working tree), $(nproc) CPUs, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), load average at the end $(loadavg). Took $(calc "$TOTAL/60" 1) min. Copy benchmarks ran with **$CACHE_MODE** page caches; compression $COMPRESSION; best of $REPEAT_COPY for benchmark 1 and of $REPEAT_FIO for benchmark 2."
 	echo
 	echo "| # | benchmark | standby | peer | ratio | target | verdict |"
 	echo "|---|---|---|---|---|---|---|"
 	if want initial; then
 		local_mb=$INIT_MB
-		for p in "qemu-img convert:$B1_QI" "nbdcopy qemu-nbd→file:$B1_NQ" "nbdcopy file→file:$B1_NF"; do
-			name=${p%%:*} pt=${p##*:}
-			echo "| 1 | initial copy ${local_mb} MiB (${B1_ALLOC} MiB allocated) vs $name | ${B1_SB} s ($(calc "$local_mb/$B1_SB" 0) MiB/s) | ${pt} s ($(calc "$local_mb/$pt" 0) MiB/s) | $(ratio "$pt/$B1_SB")× | ≥ 0.8× | $(verdict "$pt/$B1_SB >= 0.8") |"
+		for p in "qemu-img convert:$B1_QI:$B1_QI_CPU" "nbdcopy qemu-nbd→file:$B1_NQ:$B1_NQ_CPU" "nbdcopy file→file:$B1_NF:$B1_NF_CPU"; do
+			IFS=: read -r name pt pcpu <<<"$p"
+			echo "| 1 | initial copy ${local_mb} MiB (${B1_ALLOC} MiB allocated, $(calc "$B1_ALLOC/$local_mb*100" 0) % data) vs $name | ${B1_SB} s ($(calc "$local_mb/$B1_SB" 0) MiB/s, ${B1_SB_CPU} CPU-s) | ${pt} s ($(calc "$local_mb/$pt" 0) MiB/s, ${pcpu} CPU-s) | $(ratio "$pt/$B1_SB")× | ≥ 0.8× | $(verdict "$pt/$B1_SB >= 0.8") |"
 		done
 	fi
 	if want intercept; then
@@ -567,11 +610,11 @@ RES=$OUT/results.md
 		done
 	fi
 	if want catchup; then
-		echo "| 3 | catch-up, ${CHANGE_PCT}% of ${CATCH_MB} MiB changed, vs rsync -B 4096 | ${B3_SB} s | ${B3_RS4} s | $(ratio "$B3_SB/$B3_RS4")× of rsync's time | ≤ 0.5× | $(verdict "$B3_SB/$B3_RS4 <= 0.5") |"
-		echo "| 3 | same, vs rsync default block size | ${B3_SB} s | ${B3_RS} s | $(ratio "$B3_SB/$B3_RS")× of rsync's time | (info) | |"
+		echo "| 3 | catch-up, ${CHANGE_PCT}% of ${CATCH_MB} MiB changed, vs rsync -B 4096 | ${B3_SB} s (${B3_SB_CPU} CPU-s) | ${B3_RS4} s (${B3_RS4_CPU} CPU-s) | $(ratio "$B3_SB/$B3_RS4")× of rsync's time | ≤ 0.5× | $(verdict "$B3_SB/$B3_RS4 <= 0.5") |"
+		echo "| 3 | same, vs rsync default block size | ${B3_SB} s | ${B3_RS} s (${B3_RS_CPU} CPU-s) | $(ratio "$B3_SB/$B3_RS")× of rsync's time | (info) | |"
 	fi
 	if want churn; then
-		echo "| 4 | sustained churn, highest rate with lag < ${LAG_LIMIT} s | ${CHURN_BEST} MB/s | | | ≥ 100 MB/s | $(verdict "$CHURN_BEST >= 100") |"
+		echo "| 4 | sustained churn, highest rate with lag < ${LAG_LIMIT} s | ${CHURN_BEST} MB/s | qemu-nbd unthrottled: ${CHURN_CEIL:-?} MB/s | | ≥ 100 MB/s | $(verdict "$CHURN_BEST >= 100") |"
 	fi
 	if [ "${#MEM_NOTES[@]}" -gt 0 ]; then
 		echo "| 5 | memory, max RSS in 1, 3, 4 | agent $(calc "$MEM_AGENT/1024" 0) MiB, process server $(calc "$MEM_PS/1024" 0) MiB | | | ≤ 256 MiB | $(verdict "$MEM_AGENT <= 262144 && $MEM_PS <= 262144") |"
@@ -580,7 +623,8 @@ RES=$OUT/results.md
 	if want initial; then
 		echo "## 1. Initial copy"
 		echo
-		echo "Best of $REPEAT; time from starting the agent (process server and master target already running) until the agent reports every disk replicating and drained and the master target has applied and checkpointed everything; the replica is then compared with \`standby verify\`. Peers are timed until their output file is fsynced (\`sync FILE\`). CPU time of the standby roles in the best run: ${B1_CPU:-n/a}."
+		echo "Best of $REPEAT_COPY; time from starting the agent (process server and master target already running) until the agent reports every disk replicating and drained and the master target has applied and checkpointed everything; the replica is then compared with \`standby verify\`. Peers are timed until their output file is fsynced (\`sync FILE\`). CPU time of the standby roles in the best run: ${B1_CPU:-n/a}."
+		[ -n "${B1_NONE:-}" ] && echo "The same with \`--compression none\` (one run): ${B1_NONE} s ($(calc "$INIT_MB/$B1_NONE" 0) MiB/s), CPU ${B1_NONE_CPUS}."
 		echo
 	fi
 	if want catchup; then
@@ -590,7 +634,7 @@ RES=$OUT/results.md
 		echo
 	fi
 	if want intercept; then
-		echo "## 2. Intercept overhead (best of $REPEAT)"
+		echo "## 2. Intercept overhead (best of $REPEAT_FIO)"
 		echo
 		echo "| job | qemu-nbd IOPS | standby IOPS | ratio | qemu-nbd mean lat | standby mean lat | standby replication during the job |"
 		echo "|---|---|---|---|---|---|---|"
@@ -602,6 +646,8 @@ RES=$OUT/results.md
 	fi
 	if want churn; then
 		echo "## 4. Sustained churn (fio randwrite 64 KiB, iodepth 8, ${CHURN_SECS} s per step)"
+		echo
+		echo "A step passes when fio reaches 95 % of the rate, the agent's lag_seconds (age of the oldest write not yet durable at the master target) stays under ${LAG_LIMIT} s in every one-second sample, and the queue never overflows to the dirty bitmap (in bitmap mode lag_seconds no longer measures anything). The same job unthrottled into qemu-nbd reached ${CHURN_CEIL:-?} MB/s on this host during this run: that bounds what any step can reach."
 		echo
 		echo "| target MB/s | achieved MB/s | max lag s | median lag s | queue overflows | pass |"
 		echo "|---|---|---|---|---|---|"

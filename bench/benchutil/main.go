@@ -39,6 +39,17 @@ func main() {
 		err = fioSummary(os.Args[2:])
 	case "agent":
 		err = agentField(os.Args[2:])
+	case "cpu":
+		if len(os.Args) != 3 {
+			usage()
+		}
+		var pid int
+		if pid, err = strconv.Atoi(os.Args[2]); err == nil {
+			var c float64
+			if c, err = procCPU(pid); err == nil {
+				fmt.Printf("%.2f\n", c)
+			}
+		}
 	default:
 		usage()
 	}
@@ -54,7 +65,8 @@ func usage() {
   benchutil wait-sync --agent ADDR --mt ADDR [--start UNIXNANO] [--timeout D] [--poll D]
   benchutil monitor --agent ADDR [--pid NAME=PID]... [--interval D] [--csv FILE]   (runs until SIGTERM/SIGINT)
   benchutil fio FILE.json
-  benchutil agent ADDR   (one line of key=value from the agent's status)`)
+  benchutil agent ADDR   (one line of key=value from the agent's status)
+  benchutil cpu PID      (user+system CPU seconds of a process so far)`)
 	os.Exit(2)
 }
 

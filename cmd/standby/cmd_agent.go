@@ -1,6 +1,8 @@
 package main
 
 import (
+	"fmt"
+
 	"github.com/spf13/cobra"
 
 	"standby/internal/agent"
@@ -10,7 +12,7 @@ import (
 func agentCmd() *cobra.Command {
 	var file string
 	var c config.Agent
-	var disks []string
+	var disks, freeze, thaw []string
 	cmd := &cobra.Command{
 		Use:   "agent",
 		Short: "Protect this machine's disks: serve them over NBD (or scan them) and stream every write to a process server",
@@ -29,6 +31,12 @@ func agentCmd() *cobra.Command {
 					return err
 				}
 				c.Disks = append(c.Disks, dc)
+			}
+			if len(freeze) != len(thaw) {
+				return fmt.Errorf("--freeze-hook and --thaw-hook come in pairs (%d and %d given)", len(freeze), len(thaw))
+			}
+			for i := range freeze {
+				c.Hooks = append(c.Hooks, agent.HookConfig{Name: fmt.Sprintf("hook%d", i), Freeze: freeze[i], Thaw: thaw[i]})
 			}
 			tlsc, err := config.AgentTLS(c.TLS, c.ProcessServer)
 			if err != nil {
@@ -53,6 +61,10 @@ func agentCmd() *cobra.Command {
 	f.StringArrayVar(&disks, "disk", nil, "protected disk NAME=PATH[,mode=scan][,interval=30s] (repeatable)")
 	f.Int64Var(&c.QueueBytes, "queue-bytes", 0, "in-memory change queue bound before bitmap fallback (default 128 MiB)")
 	f.DurationVar(&c.EpochInterval, "epoch-interval", 0, "crash-consistent marker interval when the workload does not flush (default 1s)")
+	f.StringArrayVar(&freeze, "freeze-hook", nil, "shell command freezing an application for app-consistent bookmarks (repeatable, paired with --thaw-hook)")
+	f.StringArrayVar(&thaw, "thaw-hook", nil, "shell command thawing it again")
+	f.DurationVar(&c.FreezeTimeout, "freeze-timeout", 0, "longest time writes are held for a bookmark; past it the agent thaws and reports failure (default 500ms)")
+	f.DurationVar(&c.BookmarkInterval, "bookmark-interval", 0, "take an app-consistent bookmark this often (0: on demand only)")
 	tlsFlags(cmd, &c.TLS)
 	return cmd
 }

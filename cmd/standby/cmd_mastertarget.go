@@ -36,7 +36,13 @@ func masterTargetCmd() *cobra.Command {
 	f.StringVar(&c.Listen, "listen", "", "listener for process servers host:port")
 	f.StringVar(&c.DataDir, "data-dir", "", "directory of replicas, intake logs and checkpoints")
 	f.DurationVar(&c.SyncInterval, "sync-interval", 0, "replica fsync/checkpoint interval (default 1s)")
-	f.StringVar(&c.StatusListen, "status", "", "status/metrics HTTP listener host:port (loopback)")
+	f.StringVar(&c.StatusListen, "status", "", "status/metrics/API listener host:port (loopback) or unix:PATH")
+	f.DurationVar(&c.PointInterval, "point-interval", 0, "spacing of crash-consistent recovery points (default 5s, at least 1s)")
+	f.StringVar(&c.Retention, "retention", "", "thinning grid INTERVAL:WITHIN,... (default all:1h,10m:24h,1h:168h)")
+	f.DurationVar(&c.MaxAge, "max-age", 0, "drop points older than this (default: the grid's longest horizon)")
+	f.Int64Var(&c.JournalBytes, "journal-bytes", 0, "undo journal space per machine; when full the oldest points go (0: unbounded)")
+	f.BoolVar(&c.NoJournal, "no-journal", false, "keep only the newest point (no undo journal)")
+	f.StringVar(&c.ViewListen, "view-listen", "", "serve views over TCP on host:port (default: a unix socket per view)")
 	tlsFlags(cmd, &c.TLS)
 	return cmd
 }

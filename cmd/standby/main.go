@@ -22,7 +22,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(agentCmd(), processServerCmd(), masterTargetCmd(), statusCmd(), verifyCmd(), certsCmd(), demoCmd())
+	root.AddCommand(agentCmd(), processServerCmd(), masterTargetCmd(), statusCmd(), verifyCmd(), certsCmd(), demoCmd(), bookmarkCmd(), pointsCmd(), viewCmd(), exportCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "standby:", err)
 		os.Exit(exitCode(err))

@@ -45,7 +45,13 @@ type Config struct {
 	QueueBytes    int64         `yaml:"queue_bytes"`
 	EpochInterval time.Duration `yaml:"epoch_interval"`
 	BatchBytes    int           `yaml:"batch_bytes"`
-	ResyncChunk   int64         `yaml:"resync_chunk"`
+	// Hooks freeze applications for app-consistent bookmarks;
+	// FreezeTimeout bounds how long writes are held (default 500ms);
+	// BookmarkInterval schedules bookmarks (0: on demand only).
+	Hooks            []HookConfig  `yaml:"hooks"`
+	FreezeTimeout    time.Duration `yaml:"freeze_timeout"`
+	BookmarkInterval time.Duration `yaml:"bookmark_interval"`
+	ResyncChunk      int64         `yaml:"resync_chunk"`
 
 	TLS    *tls.Config  `yaml:"-"`
 	Logger *slog.Logger `yaml:"-"`
@@ -72,6 +78,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.BatchBytes == 0 {
 		c.BatchBytes = 4 << 20
+	}
+	if c.FreezeTimeout == 0 {
+		c.FreezeTimeout = 500 * time.Millisecond
 	}
 	if c.ResyncChunk == 0 {
 		c.ResyncChunk = 1 << 20
@@ -109,10 +118,15 @@ type Agent struct {
 	q     *queue
 	disks []*disk
 
-	mu        sync.Mutex
-	connected bool
-	connErr   string
-	nbdAddrs  []string
+	gate writeGate
+	bmu  sync.Mutex
+	bar  *barrier
+
+	mu              sync.Mutex
+	lastBookmarkErr string
+	connected       bool
+	connErr         string
+	nbdAddrs        []string
 }
 
 // New opens the disks and the agent's state; Run starts the work.
@@ -158,6 +172,11 @@ func (a *Agent) openDisk(idx uint16, dc DiskConfig) (*disk, error) {
 		ri := t.Recovered()
 		if ri.Fresh {
 			t.MarkAllDirty()
+			if err := t.Persist(); err != nil {
+				t.Close()
+				dev.Close()
+				return nil, fmt.Errorf("agent: recording the initial copy of %s: %w", dc.Name, err)
+			}
 			d.initial = true
 		}
 		if t.DirtyBytes() > 0 {
@@ -279,13 +298,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			return fmt.Errorf("agent: status listener: %w", err)
 		}
 		goRun("status", func(ctx context.Context) error {
-			return statusapi.Serve(ctx, ln, statusapi.Handler(func() any { return a.Status() }, a.metrics()))
+			mux := statusapi.Handler(func() any { return a.Status() }, a.metrics())
+			a.control(mux)
+			return statusapi.Serve(ctx, ln, mux)
 		})
 	}
 	go func() { <-ctx.Done(); a.q.close() }()
 	goRun("sender", a.runSender)
 	goRun("epochs", a.runEpochs)
 	goRun("housekeeping", a.runHousekeeping)
+	goRun("bookmarks", a.runBookmarks)
 	for _, d := range a.disks {
 		switch d.cfg.Mode {
 		case ModeIntercept:

@@ -63,6 +63,7 @@ func (d *disk) beginResyncLocked(q *queue) {
 	if !d.resyncing {
 		d.resyncing = true
 		d.syncStart = time.Now()
+		d.a.log.Info("replica of disk is inconsistent until resynced", "disk", d.cfg.Name, "dirty_bytes", d.tracker.DirtyBytes())
 		q.pushMarkerLocked(d, wire.Record{Op: wire.OpSyncStart, Disk: d.index})
 	}
 	d.syncTotal.Store(d.tracker.DirtyBytes())
@@ -114,6 +115,8 @@ func (d *disk) ReadAt(_ context.Context, p []byte, off int64) error {
 }
 
 func (d *disk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	d.a.gate.enter()
+	defer d.a.gate.leave()
 	n := int64(len(p))
 	if err := d.tracker.BeginWrite(ctx, off, n); err != nil {
 		return fmt.Errorf("recording write to %s in the activity log: %w", d.cfg.Name, err)
@@ -146,6 +149,8 @@ func (d *disk) failed(off, n int64) {
 }
 
 func (d *disk) zero(ctx context.Context, off, n int64, fua, unmap bool) error {
+	d.a.gate.enter()
+	defer d.a.gate.leave()
 	if err := d.tracker.BeginWrite(ctx, off, n); err != nil {
 		return fmt.Errorf("recording zeroing of %s in the activity log: %w", d.cfg.Name, err)
 	}

@@ -155,7 +155,7 @@ func (q *queue) pushMarkerLocked(d *disk, r wire.Record) uint64 {
 		q.epochAt = r.Seq
 	}
 	q.recs = append(q.recs, qrec{Record: r, disk: d})
-	q.bytes += 64
+	q.bytes += int64(len(r.Data)) + 64
 	q.cond.Broadcast()
 	return r.Seq
 }
@@ -176,6 +176,9 @@ func (q *queue) epochIfDirty(flags uint8) {
 // dirty, and each disk's replica is declared inconsistent until resynced.
 func (q *queue) overflowLocked() {
 	q.overflows++
+	if len(q.disks) > 0 {
+		q.disks[0].a.log.Warn("change queue full: falling back to the dirty bitmap until the process server catches up", "queued_bytes", q.bytes, "limit", q.limit, "cached_seq", q.cached)
+	}
 	disks := map[*disk]bool{}
 	for _, r := range q.recs[q.head:] {
 		if r.disk == nil {

@@ -35,6 +35,7 @@ type Status struct {
 	Overflows     uint64       `json:"overflows"`
 	LagSeconds    float64      `json:"lag_seconds"`
 	Drained       bool         `json:"drained"`
+	BookmarkError string       `json:"last_bookmark_error,omitempty"`
 	Disks         []DiskStatus `json:"disks"`
 }
 
@@ -42,7 +43,7 @@ type Status struct {
 func (a *Agent) Status() Status {
 	qs := a.q.stats()
 	a.mu.Lock()
-	s := Status{Role: "agent", Machine: a.cfg.Machine, ProcessServer: a.cfg.ProcessServer, Connected: a.connected, ConnError: a.connErr, NBD: append([]string(nil), a.nbdAddrs...)}
+	s := Status{Role: "agent", Machine: a.cfg.Machine, ProcessServer: a.cfg.ProcessServer, Connected: a.connected, ConnError: a.connErr, NBD: append([]string(nil), a.nbdAddrs...), BookmarkError: a.lastBookmarkErr}
 	a.mu.Unlock()
 	s.LastSeq, s.CachedSeq, s.DurableSeq = qs.LastSeq, qs.Cached, qs.Durable
 	s.QueueBytes, s.QueueRecords, s.BitmapMode, s.Overflows = qs.Bytes, qs.Records, qs.BitmapMode, qs.Overflows

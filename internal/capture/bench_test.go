@@ -72,7 +72,6 @@ func BenchmarkBeginWriteCold(b *testing.B) {
 func BenchmarkTakeDirty(b *testing.B) {
 	tr := openT(b, filepath.Join(b.TempDir(), "state"), 64<<30, TrackerOptions{Logger: quietLogger()})
 	defer tr.Close()
-	b.SetBytes(1 << 20)
 	for b.Loop() {
 		off, n, ok := tr.TakeDirty(1 << 20)
 		if !ok {

@@ -35,18 +35,28 @@ func (t *Tracker) setWord(i int, d, f uint64) {
 	t.nUnion += popcount(d|f) - popcount(od|of)
 	t.nTakeable += popcount(d&^f) - popcount(od&^of)
 	t.dirty[i], t.inflight[i] = d, f
+	if d|f != od|of {
+		t.pageMarks[(t.bmOff+8*int64(i))>>12] = 3
+	}
+}
+
+// rangeEnd returns min(off+n, disk size) without overflowing.
+func (t *Tracker) rangeEnd(off, n int64) int64 {
+	if n > t.geo.diskSize-off {
+		return t.geo.diskSize
+	}
+	return off + n
 }
 
 // blocksOut returns the blocks touching [off, off+n), clamped to the disk.
 func (t *Tracker) blocksOut(off, n int64) (from, to int64) {
-	if n <= 0 {
+	if n <= 0 || off >= t.geo.diskSize || off < 0 && n <= -off {
 		return 0, 0
 	}
-	end := min(off+n, t.geo.diskSize)
-	off = max(off, 0)
-	if off >= end {
-		return 0, 0
+	if off < 0 {
+		n, off = n+off, 0
 	}
+	end := t.rangeEnd(off, n)
 	return off >> t.geo.blockShift, (end + t.geo.blockSize() - 1) >> t.geo.blockShift
 }
 
@@ -56,10 +66,8 @@ func (t *Tracker) blocksIn(off, n int64) (from, to int64) {
 	if n <= 0 || off < 0 || off >= t.geo.diskSize {
 		return 0, 0
 	}
-	bs := t.geo.blockSize()
-	from = (off + bs - 1) >> t.geo.blockShift
-	end := off + n
-	if end >= t.geo.diskSize {
+	from = (off + t.geo.blockSize() - 1) >> t.geo.blockShift
+	if end := t.rangeEnd(off, n); end == t.geo.diskSize {
 		to = t.geo.nBlocks()
 	} else {
 		to = end >> t.geo.blockShift

@@ -1,6 +1,7 @@
 package capture
 
 import (
+	"errors"
 	"os"
 	"syscall"
 )
@@ -25,4 +26,23 @@ func datasync(f *os.File) error {
 		return err
 	}
 	return serr
+}
+
+// lockFile takes an exclusive advisory lock on f without waiting: two
+// agents tracking one disk would overwrite each other's slots.
+func lockFile(f *os.File) error {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var lerr error
+	if err := rc.Control(func(fd uintptr) {
+		lerr = syscall.Flock(int(fd), syscall.LOCK_EX|syscall.LOCK_NB)
+	}); err != nil {
+		return err
+	}
+	if lerr == syscall.EWOULDBLOCK {
+		return errors.New("state file is in use by another process")
+	}
+	return lerr
 }

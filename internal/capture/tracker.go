@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"math/bits"
@@ -103,13 +104,16 @@ type Tracker struct {
 
 	// ioMu serializes all writes to the state file and guards the fields
 	// below it. Lock order: ioMu, then mu.
-	ioMu    sync.Mutex
-	f       *os.File
-	seq     uint64 // sequence number of the newest durable slot
-	jpos    int64  // journal append offset (relative to the journal)
-	jindex  uint32 // index of the next journal record
-	slotBuf []byte
-	recBuf  []byte
+	ioMu   sync.Mutex
+	f      *os.File
+	seq    uint64 // sequence number of the newest durable slot
+	jpos   int64  // journal append offset (relative to the journal)
+	jindex uint32 // index of the next journal record
+	recBuf []byte
+	// slotBuf is the image of the state as last encoded (see writeSlot).
+	slotBuf    []byte
+	writePages []int
+	slotBytes  int64 // bytes of slot pages written, for tests
 
 	mu       sync.Mutex
 	closed   bool
@@ -119,9 +123,14 @@ type Tracker struct {
 	// TakeDirty's "nothing to do" case are O(1).
 	nDirty, nInflight, nUnion, nTakeable int64
 	cursor                               int64 // TakeDirty resumes here
-	want                                 map[uint32]struct{}
-	committing                           chan struct{} // closed when the running AL commit ends
-	active                               map[uint32]*idleState
+	// pageMarks has one entry per 4 KiB page of a slot image: bit k set
+	// means the page may differ from what slot k holds on disk. Bitmap
+	// changes set both bits; writing slot k clears bit k.
+	pageMarks  []uint8
+	bmOff      int64 // offset of the dirty bitmap inside a slot
+	want       map[uint32]struct{}
+	committing chan struct{} // closed when the running AL commit ends
+	active     map[uint32]*idleState
 }
 
 // OpenTracker opens or creates the state file at path for a disk of
@@ -136,14 +145,41 @@ func OpenTracker(path string, diskSize int64, opts TrackerOptions) (*Tracker, er
 	if err != nil {
 		return nil, fmt.Errorf("open tracker %s: %w", path, err)
 	}
-	b, err := os.ReadFile(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		b = encodeFreshState(want, flagFresh|flagClean)
-		if err := writeFileAtomic(path, b); err != nil {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		if err := writeFileAtomic(path, encodeFreshState(want, flagFresh|flagClean)); err != nil {
 			return nil, fmt.Errorf("create tracker state %s: %w", path, err)
 		}
-	} else if err != nil {
-		return nil, fmt.Errorf("read tracker state: %w", err)
+	}
+	f, err := openLocked(path)
+	if err != nil {
+		return nil, fmt.Errorf("open tracker state: %w", err)
+	}
+	t, err := recoverTracker(f, path, diskSize, want, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return t, nil
+}
+
+// openLocked opens the state file for writing and locks it, so that the
+// content read next is not being changed by another agent.
+func openLocked(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := lockFile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return f, nil
+}
+
+func recoverTracker(f *os.File, path string, diskSize int64, want geometry, opts TrackerOptions) (*Tracker, error) {
+	b, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("read tracker state %s: %w", path, err)
 	}
 	st, err := decodeState(b)
 	if err != nil {
@@ -162,10 +198,6 @@ func OpenTracker(path string, diskSize int64, opts TrackerOptions) (*Tracker, er
 	if st.slotErr != nil {
 		log.Warn("capture: one state slot unusable, recovered from the other", "slot", 1-st.slot, "reason", st.slotErr)
 	}
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open tracker state for writing: %w", err)
-	}
 	t := &Tracker{
 		path:      path,
 		log:       log,
@@ -181,6 +213,12 @@ func OpenTracker(path string, diskSize int64, opts TrackerOptions) (*Tracker, er
 		inflight:  make([]uint64, len(st.dirty)),
 		want:      make(map[uint32]struct{}),
 		active:    make(map[uint32]*idleState),
+		pageMarks: make([]uint8, st.geo.slotSize()>>12),
+		bmOff:     slotHeaderSize + 8*st.geo.alWords(),
+	}
+	// Neither slot on disk is known to match anything in memory yet.
+	for p := range t.pageMarks {
+		t.pageMarks[p] = 3
 	}
 	// Every extent that may have had a write in flight when the previous
 	// run stopped may differ from the replica in any block.
@@ -202,10 +240,9 @@ func OpenTracker(path string, diskSize int64, opts TrackerOptions) (*Tracker, er
 	// activity log any more, and the slot must lose its clean flag so a
 	// crash of this run is recognised as unclean.
 	if err := t.persist(0, false); err != nil {
-		f.Close()
 		return nil, fmt.Errorf("open tracker: %w", err)
 	}
-	log.Info("capture: tracker opened", "disk_size", diskSize, "block_size", t.geo.blockSize(),
+	log.Info("capture: tracker opened", "disk_size", st.geo.diskSize, "block_size", t.geo.blockSize(),
 		"extent_size", t.geo.extentSize(), "fresh", t.recovered.Fresh, "unclean", t.recovered.Unclean,
 		"expanded_extents", expanded, "dirty_bytes", t.recovered.DirtyBytes)
 	return t, nil
@@ -219,6 +256,13 @@ func ResetAllDirty(path string, diskSize int64, opts TrackerOptions) error {
 	g, err := newGeometry(diskSize, opts.BlockSize, opts.ExtentSize, opts.journalSize)
 	if err != nil {
 		return fmt.Errorf("reset tracker state %s: %w", path, err)
+	}
+	// Holding the old file's lock through the rename keeps a running
+	// agent's tracker from being replaced under it.
+	if old, err := openLocked(path); err == nil {
+		defer old.Close()
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("reset tracker state: %w", err)
 	}
 	if err := writeFileAtomic(path, encodeFreshState(g, flagFresh|flagClean)); err != nil {
 		return fmt.Errorf("reset tracker state %s: %w", path, err)
@@ -282,7 +326,12 @@ func (t *Tracker) EndWrite(off, n int64) {
 		return
 	}
 	for e := first; e <= last; e++ {
-		t.ext[e].Add(endDelta)
+		// An unmatched EndWrite would borrow into the active flag and
+		// silently unprotect the extent; like a negative WaitGroup, that
+		// is a bug to stop at.
+		if t.ext[e].Add(endDelta)&pendingMask == pendingMask {
+			panic("capture: EndWrite without a matching BeginWrite")
+		}
 	}
 }
 
@@ -430,17 +479,28 @@ func (t *Tracker) persist(flags uint32, closing bool) error {
 // activity log written is the active extents plus extra; when closing, it
 // is instead the extents with writes still pending, since nothing else can
 // change once the tracker is closed. Callers hold ioMu.
+//
+// Only pages that may differ from what that slot holds on disk are written
+// (see pageMarks), so a periodic Persist of a mostly unchanged bitmap costs
+// a few pages, not the whole bitmap. slotBuf always holds, for every page
+// not marked for slot k, exactly the bytes slot k has on disk, which is why
+// the checksum over slotBuf is the checksum of the slot after the write.
 func (t *Tracker) writeSlot(flags uint32, extra []uint32, closing bool) error {
 	g := t.geo
 	buf := t.slotBuf
-	clear(buf)
 	seq := t.seq + 1
-	encodeSlotHeader(buf, seq, flags)
-	al := buf[slotHeaderSize:]
+	k := int(seq % 2)
+	bit := uint8(1) << k
+	alEnd := slotHeaderSize + 8*g.alWords()
+	// The header and activity-log pages are rewritten every time: the
+	// header changes anyway and the AL is rebuilt from t.active.
+	fixedPages := int((alEnd + 4095) >> 12)
+	clear(buf[slotHeaderSize:alEnd])
 	setAL := func(e uint32) {
-		p := al[8*(e>>6):]
+		p := buf[slotHeaderSize+8*int64(e>>6):]
 		binary.LittleEndian.PutUint64(p, binary.LittleEndian.Uint64(p)|1<<(e&63))
 	}
+	write := t.writePages[:0]
 
 	t.mu.Lock()
 	if t.closed {
@@ -467,22 +527,63 @@ func (t *Tracker) writeSlot(flags uint32, extra []uint32, closing bool) error {
 			setAL(e)
 		}
 	}
-	bm := buf[slotHeaderSize+8*g.alWords():]
-	for i := range t.dirty {
-		binary.LittleEndian.PutUint64(bm[8*i:], t.dirty[i]|t.inflight[i])
+	for p := range t.pageMarks {
+		if p >= fixedPages && t.pageMarks[p]&bit == 0 {
+			continue
+		}
+		t.pageMarks[p] &^= bit
+		write = append(write, p)
+		// Encode the bitmap words that live in this page.
+		lo := max(int64(p)<<12, alEnd)
+		hi := min(int64(p+1)<<12, alEnd+8*g.bmWords())
+		for o := lo; o < hi; o += 8 {
+			i := (o - alEnd) >> 3
+			binary.LittleEndian.PutUint64(buf[o:], t.dirty[i]|t.inflight[i])
+		}
 	}
 	t.mu.Unlock()
+	t.writePages = write
 
-	img := sealSlot(buf, g)
-	if _, err := t.f.WriteAt(img, g.slotOff(int(seq%2))); err != nil {
-		return fmt.Errorf("write state slot %d: %w", seq%2, err)
+	encodeSlotHeader(buf, seq, flags)
+	sealSlot(buf, g)
+	err := t.writePageRuns(g.slotOff(k), write)
+	if err == nil {
+		if err = datasync(t.f); err != nil {
+			err = fmt.Errorf("sync state slot %d: %w", k, err)
+		}
 	}
-	if err := datasync(t.f); err != nil {
-		return fmt.Errorf("sync state slot %d: %w", seq%2, err)
+	if err != nil {
+		// The slot's content on disk is now unknown: rewrite all of it.
+		t.mu.Lock()
+		for p := range t.pageMarks {
+			t.pageMarks[p] |= bit
+		}
+		t.mu.Unlock()
+		return err
 	}
 	t.seq = seq
 	t.jpos = 0
 	t.jindex = 0
+	return nil
+}
+
+// writePageRuns writes the given ascending pages of slotBuf at base,
+// coalescing adjacent pages into one write.
+func (t *Tracker) writePageRuns(base int64, pages []int) error {
+	size := int64(len(t.slotBuf))
+	for i := 0; i < len(pages); {
+		j := i + 1
+		for j < len(pages) && pages[j] == pages[j-1]+1 {
+			j++
+		}
+		lo := int64(pages[i]) << 12
+		hi := min(int64(pages[j-1]+1)<<12, size)
+		if _, err := t.f.WriteAt(t.slotBuf[lo:hi], base+lo); err != nil {
+			return fmt.Errorf("write state slot at %d: %w", base+lo, err)
+		}
+		t.slotBytes += hi - lo
+		i = j
+	}
 	return nil
 }
 

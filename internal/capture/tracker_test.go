@@ -29,6 +29,20 @@ func openT(t testing.TB, path string, size int64, opts TrackerOptions) *Tracker 
 	return tr
 }
 
+// memTempDir returns a directory on tmpfs when there is one. The model
+// tests run thousands of fdatasyncs, whose latency on a busy disk would
+// dominate them; a process crash (what they simulate) keeps the page
+// cache anyway, so durability to the platter is not what they test.
+func memTempDir(t testing.TB) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("/dev/shm", "capture-test-")
+	if err != nil {
+		return t.TempDir()
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
 // crash abandons a tracker the way kill -9 would: nothing more is written.
 func crash(tr *Tracker) {
 	tr.ioMu.Lock()
@@ -561,4 +575,113 @@ func decodeOrFail(t *testing.T, path string) *decodedState {
 		t.Fatal(err)
 	}
 	return st
+}
+
+func TestTrackerUnmatchedEndWritePanics(t *testing.T) {
+	tr := openT(t, filepath.Join(t.TempDir(), "state"), 1<<20, smallOpts())
+	defer tr.Close()
+	defer func() {
+		if recover() == nil {
+			t.Fatal("EndWrite without BeginWrite did not panic")
+		}
+	}()
+	tr.EndWrite(0, 10)
+}
+
+func TestTrackerRangeEdges(t *testing.T) {
+	tr := openT(t, filepath.Join(t.TempDir(), "state"), 1<<20, smallOpts())
+	defer tr.Close()
+	drain(t, tr)
+	tr.MarkDirty(1<<20-1, 1<<62) // huge length: clamped, no overflow
+	tr.MarkDirty(-5000, 5001)    // starts before the disk: block 0 only
+	tr.MarkDirty(-5, 5)          // entirely before the disk: nothing
+	tr.MarkDirty(1<<20, 10)      // entirely after: nothing
+	if got := tr.DirtyBytes(); got != 2*4096 {
+		t.Fatalf("DirtyBytes = %d, want blocks 0 and 255", got)
+	}
+	for {
+		off, _, ok := tr.TakeDirty(1 << 20)
+		if !ok {
+			break
+		}
+		tr.Complete(off, 1<<62)
+	}
+	if tr.DirtyBytes() != 0 {
+		t.Fatal("Complete with a huge length did not clear")
+	}
+}
+
+func TestNewGeometryRejectsBadOptions(t *testing.T) {
+	for _, c := range [][3]int64{
+		{0, 4096, 1 << 22},       // empty disk
+		{-1, 4096, 1 << 22},      // negative
+		{1 << 30, 3000, 1 << 22}, // block not a power of two
+		{1 << 30, 256, 1 << 22},  // block too small
+		{1 << 30, 8192, 4096},    // extent smaller than block
+		{1 << 30, 4096, 5 << 20}, // extent not a power of two
+	} {
+		if _, err := newGeometry(c[0], c[1], c[2], defaultJournalSize); err == nil {
+			t.Errorf("newGeometry(%d, %d, %d) accepted", c[0], c[1], c[2])
+		}
+		if _, err := OpenTracker(filepath.Join(t.TempDir(), "s"), c[0], TrackerOptions{BlockSize: c[1], ExtentSize: c[2]}); err == nil {
+			t.Errorf("OpenTracker(%d, %d, %d) accepted", c[0], c[1], c[2])
+		}
+	}
+}
+
+// A Persist after a small change writes a few pages, not the whole
+// bitmap, and the result still reads back exactly.
+func TestTrackerPersistIsIncremental(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	const size = 8 << 30 // 2M blocks: a 256 KiB bitmap
+	opts := TrackerOptions{Logger: quietLogger()}
+	tr := openT(t, path, size, opts)
+	drain(t, tr)
+	for range 2 { // once per slot: both now match memory
+		if err := tr.Persist(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := tr.slotBytes
+	tr.MarkDirty(3<<30, 4096)
+	tr.MarkDirty(7<<30, 1<<20)
+	if err := tr.Persist(); err != nil {
+		t.Fatal(err)
+	}
+	// Header+AL page, plus one page for each change.
+	if got := tr.slotBytes - before; got != 3*4096 {
+		t.Fatalf("Persist wrote %d slot bytes, want 3 pages", got)
+	}
+	if err := tr.Persist(); err != nil { // the other slot catches up
+		t.Fatal(err)
+	}
+	if got := tr.slotBytes - before; got != 6*4096 {
+		t.Fatalf("second Persist: %d slot bytes in total, want 6 pages", got)
+	}
+	crash(tr)
+	tr = openT(t, path, size, opts)
+	defer tr.Close()
+	if got, want := tr.Recovered().DirtyBytes, int64(4096+1<<20); got != want {
+		t.Fatalf("recovered %d dirty bytes, want %d", got, want)
+	}
+	st := decodeOrFail(t, path)
+	if st.slotErr != nil {
+		t.Fatalf("a slot is invalid after incremental writes: %v", st.slotErr)
+	}
+}
+
+func TestTrackerExclusive(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state")
+	tr := openT(t, path, 1<<20, smallOpts())
+	if _, err := OpenTracker(path, 1<<20, smallOpts()); err == nil {
+		t.Fatal("a second tracker opened the same state file")
+	}
+	if err := ResetAllDirty(path, 1<<20, smallOpts()); err == nil {
+		t.Fatal("ResetAllDirty replaced the state file of an open tracker")
+	}
+	if err := tr.Close(); err != nil {
+		t.Fatal(err)
+	}
+	tr = openT(t, path, 1<<20, smallOpts())
+	tr.Close()
 }

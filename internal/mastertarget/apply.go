@@ -14,7 +14,11 @@ import (
 // runApply applies the intake to the replicas, one whole epoch at a time,
 // and checkpoints regularly. A record at or below the checkpoint is never
 // applied twice in a way that matters: replay is in order from the
-// checkpoint, so the result is the same.
+// checkpoint, so the result is the same. With the undo journal on, the
+// before-images of a group of records are made durable before any of them
+// touches the replica (write-ahead), and a replayed record whose
+// before-image is already in the journal is not preserved again: its
+// replica range may already hold the new data.
 func (m *machine) runApply(ctx context.Context) {
 	lg := m.s.log.With("machine", m.name)
 	m.mu.Lock()
@@ -24,13 +28,14 @@ func (m *machine) runApply(ctx context.Context) {
 	defer r.Close()
 	lastSync := time.Now()
 	var unsynced int64
-	// Entries are read ahead by a goroutine so waiting for an epoch marker
-	// and waiting for new entries can be told apart.
+	// Entries are read ahead by a goroutine so that waiting for an epoch
+	// marker and waiting for new entries can be told apart, and so that
+	// several batches can be applied under one journal fsync.
 	type item struct {
 		b   wire.Batch
 		err error
 	}
-	entries := make(chan item, 4)
+	entries := make(chan item, 64)
 	go func() {
 		defer close(entries)
 		for {
@@ -53,83 +58,251 @@ func (m *machine) runApply(ctx context.Context) {
 	}()
 	tick := time.NewTicker(m.s.cfg.SyncInterval)
 	defer tick.Stop()
-	for {
-		var it item
-		var ok bool
-		select {
-		case it, ok = <-entries:
-		case <-tick.C:
-			if unsynced > 0 || time.Since(lastSync) > m.s.cfg.SyncInterval {
-				if err := m.sync(); err != nil {
-					m.fail(lg, err)
-					return
-				}
-				lastSync, unsynced = time.Now(), 0
-			}
-			continue
-		case <-ctx.Done():
-			_ = m.sync()
-			return
-		}
+	var pending []wire.Record
+	var pendingBytes int
+	take := func(it item, ok bool) bool {
 		if !ok {
-			_ = m.sync()
-			return
+			return false
 		}
 		if it.err != nil {
-			if ctx.Err() != nil {
-				_ = m.sync()
-				return
+			if ctx.Err() == nil {
+				m.fail(lg, it.err)
 			}
-			m.fail(lg, it.err)
-			return
+			return false
 		}
 		for _, rec := range it.b.Records {
-			m.mu.Lock()
-			if rec.Seq <= m.live.AppliedSeq {
-				m.mu.Unlock()
-				continue
-			}
-			// Apply only whole epochs: wait for a marker at or after rec.
-			// While a disk is being resynced the replica has no consistent
-			// point to protect, and waiting could deadlock: copies become
-			// durable here only once applied, and the process server frees
-			// cache (letting the next marker through) only for durable data.
-			for m.epochLimit < rec.Seq && m.consistentLocked() && !m.closed && ctx.Err() == nil {
-				m.mu.Unlock()
-				if unsynced > 0 {
+			pending = append(pending, rec)
+			pendingBytes += len(rec.Data)
+		}
+		return true
+	}
+	for {
+		if len(pending) == 0 {
+			select {
+			case it, ok := <-entries:
+				if !take(it, ok) {
+					_ = m.sync()
+					return
+				}
+			case <-tick.C:
+				if unsynced > 0 || time.Since(lastSync) > m.s.cfg.SyncInterval {
 					if err := m.sync(); err != nil {
 						m.fail(lg, err)
 						return
 					}
 					lastSync, unsynced = time.Now(), 0
 				}
-				m.mu.Lock()
-				if m.epochLimit >= rec.Seq || !m.consistentLocked() || m.closed || ctx.Err() != nil {
-					break
-				}
-				m.cond.Wait()
-			}
-			if m.closed || ctx.Err() != nil {
-				m.mu.Unlock()
+				continue
+			case <-ctx.Done():
 				_ = m.sync()
 				return
 			}
-			m.mu.Unlock()
-			n, err := m.apply(rec)
-			if err != nil {
-				m.fail(lg, err)
-				return
+		}
+		// Gather what else is already decoded, up to a bound.
+	drain:
+		for pendingBytes < 64<<20 && len(pending) < 1<<16 {
+			select {
+			case it, ok := <-entries:
+				if !take(it, ok) {
+					_ = m.sync()
+					return
+				}
+			default:
+				break drain
 			}
-			unsynced += n
-			if unsynced > 1<<30 || time.Since(lastSync) > m.s.cfg.SyncInterval {
+		}
+		ready := m.readyPrefix(pending)
+		if ready == 0 {
+			// Wait for the epoch marker that closes pending[0]'s epoch;
+			// make what is applied durable first.
+			if unsynced > 0 {
 				if err := m.sync(); err != nil {
 					m.fail(lg, err)
 					return
 				}
 				lastSync, unsynced = time.Now(), 0
 			}
+			m.mu.Lock()
+			for m.epochLimit < pending[0].Seq && m.consistentLocked() && !m.closed && ctx.Err() == nil {
+				m.cond.Wait()
+			}
+			closed := m.closed
+			m.mu.Unlock()
+			if closed || ctx.Err() != nil {
+				_ = m.sync()
+				return
+			}
+			continue
+		}
+		n, err := m.applyGroup(pending[:ready])
+		if err != nil {
+			m.fail(lg, err)
+			return
+		}
+		for _, rec := range pending[:ready] {
+			pendingBytes -= len(rec.Data)
+		}
+		clear(pending[:ready])
+		pending = pending[ready:]
+		unsynced += n
+		if unsynced > 1<<30 || time.Since(lastSync) > m.s.cfg.SyncInterval {
+			if err := m.sync(); err != nil {
+				m.fail(lg, err)
+				return
+			}
+			lastSync, unsynced = time.Now(), 0
+		}
+		if ctx.Err() != nil {
+			_ = m.sync()
+			return
 		}
 	}
+}
+
+// readyPrefix counts the records at the head of recs that may be applied
+// now: those inside a closed epoch, or any while a disk is resyncing (the
+// replica then has no consistent point to protect, and waiting could
+// deadlock: copies become durable here only once applied, and the process
+// server frees cache, letting the next marker through, only for durable
+// data).
+func (m *machine) readyPrefix(recs []wire.Record) int {
+	m.mu.Lock()
+	limit := m.epochLimit
+	consistent := make([]bool, len(m.live.Disks))
+	for i, d := range m.live.Disks {
+		consistent[i] = d.Consistent
+	}
+	applied := m.live.AppliedSeq
+	m.mu.Unlock()
+	all := func() bool {
+		for _, c := range consistent {
+			if !c {
+				return false
+			}
+		}
+		return true
+	}
+	for i, rec := range recs {
+		if rec.Seq > limit && rec.Seq > applied && all() {
+			return i
+		}
+		switch rec.Op {
+		case wire.OpSyncStart:
+			consistent[rec.Disk] = false
+		case wire.OpSyncDone:
+			consistent[rec.Disk] = true
+		}
+	}
+	return len(recs)
+}
+
+// applyGroup applies records in order: before-images first (one fsync for
+// a run of records), then the replica writes. A run never writes the same
+// region twice, because the before-image of the second write must be the
+// first write's data, which only exists once the first is applied.
+func (m *machine) applyGroup(recs []wire.Record) (int64, error) {
+	if m.journal == nil {
+		return m.applyRun(recs)
+	}
+	var total int64
+	const grain = 16 // 64 KiB regions for overlap detection
+	touched := map[uint64]struct{}{}
+	start := 0
+	for i := 0; i <= len(recs); i++ {
+		cut := i == len(recs)
+		if !cut && recs[i].Op.Modifies() {
+			rec := recs[i]
+			first := rec.Offset >> grain
+			last := (rec.Offset + uint64(max(rec.Length, 1)) - 1) >> grain
+			for r := first; r <= last && !cut; r++ {
+				if _, ok := touched[uint64(rec.Disk)<<48|r]; ok {
+					cut = true
+				}
+			}
+			if !cut {
+				for r := first; r <= last; r++ {
+					touched[uint64(rec.Disk)<<48|r] = struct{}{}
+				}
+			}
+		}
+		if !cut {
+			continue
+		}
+		if i > start {
+			if err := m.preserve(recs[start:i]); err != nil {
+				return total, err
+			}
+			n, err := m.applyRun(recs[start:i])
+			total += n
+			if err != nil {
+				return total, err
+			}
+		}
+		start = i
+		clear(touched)
+		if i < len(recs) && recs[i].Op.Modifies() {
+			i-- // re-examine recs[i] as the first of the next run
+		}
+	}
+	return total, nil
+}
+
+// preserve journals the before-images of a run and makes them durable.
+func (m *machine) preserve(recs []wire.Record) error {
+	last := m.journal.LastSeq()
+	m.mu.Lock()
+	synced := make([]bool, len(m.live.Disks))
+	for i, d := range m.live.Disks {
+		synced[i] = d.Synced
+	}
+	applied := m.live.AppliedSeq
+	m.mu.Unlock()
+	preserved := false
+	for _, rec := range recs {
+		if rec.Op == wire.OpSyncDone {
+			synced[rec.Disk] = true
+		}
+		if rec.Seq <= applied || rec.Seq <= last {
+			continue
+		}
+		// Before the first full copy there is no point to go back to.
+		if !rec.Op.Modifies() || !synced[rec.Disk] {
+			continue
+		}
+		preserve := m.journal.Preserve
+		if rec.Op == wire.OpZero || rec.Op == wire.OpCopyZero {
+			preserve = m.journal.PreserveZero // already-zero blocks need no before-image
+		}
+		if err := preserve(rec.Seq, int(rec.Disk), int64(rec.Offset), int64(rec.Length)); err != nil {
+			return fmt.Errorf("preserving before-image of seq %d: %w", rec.Seq, err)
+		}
+		preserved = true
+	}
+	if preserved {
+		if err := m.journal.Sync(); err != nil {
+			return fmt.Errorf("syncing undo journal: %w", err)
+		}
+	}
+	return nil
+}
+
+func (m *machine) applyRun(recs []wire.Record) (int64, error) {
+	var total int64
+	for _, rec := range recs {
+		m.mu.Lock()
+		skip := rec.Seq <= m.live.AppliedSeq
+		m.mu.Unlock()
+		if skip {
+			continue
+		}
+		n, err := m.apply(rec)
+		if err != nil {
+			return total, err
+		}
+		total += n
+		m.notePoint(rec)
+	}
+	return total, nil
 }
 
 // consistentLocked reports whether every replica disk is at a consistent
@@ -153,6 +326,10 @@ func (m *machine) fail(lg interface{ Error(string, ...any) }, err error) {
 // apply performs one record on the replicas.
 func (m *machine) apply(rec wire.Record) (int64, error) {
 	var n int64
+	if m.journal != nil && rec.Op.Modifies() {
+		unlock := m.journal.Lock(int(rec.Disk), int64(rec.Offset), int64(rec.Length))
+		defer unlock()
+	}
 	switch rec.Op {
 	case wire.OpWrite, wire.OpCopy:
 		if _, err := m.replica[rec.Disk].WriteAt(rec.Data, int64(rec.Offset)); err != nil {
@@ -170,6 +347,12 @@ func (m *machine) apply(rec wire.Record) (int64, error) {
 	case wire.OpEpoch:
 		m.live.EpochSeq = rec.Seq
 		m.live.EpochTime = int64(rec.Offset)
+	case wire.OpBookmark:
+		m.live.EpochSeq = rec.Seq
+		var bm wire.Bookmark
+		if json.Unmarshal(rec.Data, &bm) == nil {
+			m.live.EpochTime = bm.Time
+		}
 	case wire.OpSyncStart:
 		m.live.Disks[rec.Disk].Consistent = false
 	case wire.OpSyncDone:

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"standby/internal/blockdev"
+	"standby/internal/journal"
+	"standby/internal/points"
 	"standby/internal/seglog"
 	"standby/internal/transport"
 	"standby/internal/wire"
@@ -62,6 +64,13 @@ type machine struct {
 	started    bool
 	closed     bool
 	notify     chan struct{}
+
+	journal        *journal.Journal
+	replayTo       uint64
+	points         *points.Catalogue
+	lastPointSeq   uint64
+	lastCrashPoint time.Time
+	events         []Event
 }
 
 func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error) {
@@ -121,6 +130,41 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 		return nil, fmt.Errorf("machine %s: opening intake log: %w", name, err)
 	}
 	m.intake = lg
+	cat, err := points.Open(filepath.Join(dir, "points.jsonl"))
+	if err != nil {
+		m.close()
+		return nil, fmt.Errorf("machine %s: %w", name, err)
+	}
+	m.points = cat
+	if !s.cfg.NoJournal {
+		var jd []journal.Disk
+		for i, d := range m.cp.Disks {
+			_ = d
+			jd = append(jd, journal.FileDisk(m.replica[i]))
+		}
+		j, err := journal.Open(filepath.Join(dir, "journal"), jd, journal.Options{MaxBytes: s.cfg.JournalBytes, Logger: s.log.With("machine", name)})
+		if err != nil {
+			m.close()
+			return nil, fmt.Errorf("machine %s: opening undo journal: %w", name, err)
+		}
+		m.journal = j
+		// Until the replay after a restart passes everything that was
+		// applied before it, the replica is temporarily older than some
+		// before-images assume: views wait for that (waitReplayed).
+		m.replayTo = j.LastSeq()
+		// Points that need before-images the journal no longer has
+		// (dropped under space pressure before a crash) go now.
+		m.dropUnrecoverable()
+	}
+	if pts := cat.List(); len(pts) > 0 {
+		m.lastPointSeq = pts[len(pts)-1].Seq
+		for i := len(pts) - 1; i >= 0; i-- {
+			if pts[i].Kind == points.KindCrash {
+				m.lastCrashPoint = pts[i].Time
+				break
+			}
+		}
+	}
 	if err := m.writeCheckpoint(m.cp); err != nil {
 		m.close()
 		return nil, err
@@ -131,7 +175,7 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 	m.durable = max(st.DurableSeq, m.cp.AppliedSeq)
 	// Epoch markers in the intake that were not applied before a restart
 	// must still be honoured: find the newest one.
-	if st.Entries > 0 {
+	if st.Entries > 0 && st.LastSeq > m.cp.AppliedSeq {
 		if err := m.scanEpochs(); err != nil {
 			m.close()
 			return nil, err
@@ -163,7 +207,7 @@ func (m *machine) scanEpochs() error {
 			return fmt.Errorf("machine %s: intake entry %d..%d: %w", m.name, e.First, e.Last, err)
 		}
 		for _, rec := range b.Records {
-			if rec.Op == wire.OpEpoch {
+			if rec.Op.ClosesEpoch() {
 				m.epochLimit = rec.Seq
 			}
 		}
@@ -201,6 +245,12 @@ func (m *machine) close() {
 	if m.intake != nil {
 		m.intake.Close()
 	}
+	if m.points != nil {
+		m.points.Close()
+	}
+	if m.journal != nil {
+		m.journal.Close()
+	}
 }
 
 func (m *machine) start(ctx context.Context) {
@@ -214,6 +264,20 @@ func (m *machine) start(ctx context.Context) {
 	go func() {
 		defer m.wg.Done()
 		m.runApply(ctx)
+	}()
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				m.retain(now)
+			}
+		}
 	}()
 	context.AfterFunc(ctx, func() {
 		m.mu.Lock()
@@ -285,6 +349,9 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 	}()
 	go func() { <-sctx.Done(); c.Close() }()
 	var buf []byte
+	var appended, epoch uint64
+	var needSync bool
+	var unsynced int
 	for {
 		t, p, err := c.ReadFrame()
 		if err != nil {
@@ -315,7 +382,7 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 			return
 		}
 		m.mu.Lock()
-		last, stale := m.lastSeq, m.session != my
+		last, stale := max(m.lastSeq, appended), m.session != my
 		m.mu.Unlock()
 		if stale {
 			return
@@ -335,29 +402,38 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 			buf = wire.AppendBatch(buf[:0], &b)
 			data = buf
 		}
-		sync := b.Captured()
-		if err := m.intake.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, sync); err != nil {
+		needSync = needSync || b.Captured()
+		for i := len(b.Records) - 1; i >= 0; i-- {
+			if b.Records[i].Op.ClosesEpoch() {
+				epoch = b.Records[i].Seq
+				break
+			}
+		}
+		// Group commit, as on the process server.
+		more := c.Buffered() >= wire.HeaderSize && unsynced < 64<<20
+		if err := m.intake.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, needSync && !more); err != nil {
 			if sctx.Err() == nil {
 				lg.Error("writing intake log", "err", err)
 				refuse(c, "intake", err.Error())
 			}
 			return
 		}
+		appended = b.Last
+		unsynced += len(data)
+		if more {
+			continue
+		}
 		m.mu.Lock()
-		m.lastSeq = b.Last
-		m.bytesIn += uint64(len(data))
-		if sync {
+		m.lastSeq = appended
+		m.bytesIn += uint64(unsynced)
+		if needSync {
 			// The fsync covered every earlier entry too.
-			m.durable = max(m.durable, b.Last)
+			m.durable = max(m.durable, appended)
 		}
-		for i := len(b.Records) - 1; i >= 0; i-- {
-			if b.Records[i].Op == wire.OpEpoch {
-				m.epochLimit = b.Records[i].Seq
-				break
-			}
-		}
+		m.epochLimit = max(m.epochLimit, epoch)
 		m.cond.Broadcast()
 		m.mu.Unlock()
+		needSync, unsynced = false, 0
 		m.wake()
 	}
 }

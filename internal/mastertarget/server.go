@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"standby/internal/pki"
+	"standby/internal/points"
 	"standby/internal/statusapi"
 	"standby/internal/transport"
 	"standby/internal/wire"
@@ -33,7 +34,20 @@ type Config struct {
 	// forget them) only at a checkpoint.
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	// IntakeBytes bounds each machine's intake log.
-	IntakeBytes  int64  `yaml:"intake_bytes"`
+	IntakeBytes int64 `yaml:"intake_bytes"`
+	// PointInterval is the spacing of crash-consistent points (default
+	// 5s, at least 1s). Retention is a thinning grid "INTERVAL:WITHIN,..."
+	// (default "all:1h,10m:24h,1h:168h"); MaxAge drops anything older.
+	PointInterval time.Duration `yaml:"point_interval"`
+	Retention     string        `yaml:"retention"`
+	MaxAge        time.Duration `yaml:"max_age"`
+	// JournalBytes bounds each machine's undo journal (retention by
+	// space): when full, the oldest before-images and the points that
+	// need them go first. ViewListen serves views over TCP (host:port,
+	// port 0 for any); by default each view gets a unix socket.
+	JournalBytes int64  `yaml:"journal_bytes"`
+	NoJournal    bool   `yaml:"no_journal"` // replica only, no recovery points before the newest
+	ViewListen   string `yaml:"view_listen"`
 	StatusListen string `yaml:"status_listen"`
 
 	ServerTLS *tls.Config  `yaml:"-"`
@@ -45,8 +59,14 @@ type Server struct {
 	cfg Config
 	log *slog.Logger
 
+	policy points.Policy
+
+	exports exportJobs
+
 	mu       sync.Mutex
 	machines map[string]*machine
+	views    map[string]*view
+	viewSeq  int
 	addr     string
 	runCtx   context.Context
 }
@@ -68,11 +88,30 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Name == "" {
 		cfg.Name = "mt"
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "master-target"), machines: map[string]*machine{}}
+	if cfg.PointInterval == 0 {
+		cfg.PointInterval = 5 * time.Second
+	}
+	if cfg.PointInterval < time.Second {
+		return nil, fmt.Errorf("master target: point interval %s is below the 1s minimum", cfg.PointInterval)
+	}
+	if cfg.Retention == "" {
+		cfg.Retention = points.DefaultGrid
+	}
+	grid, err := points.ParseGrid(cfg.Retention)
+	if err != nil {
+		return nil, fmt.Errorf("master target: %w", err)
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "master-target"), machines: map[string]*machine{}, views: map[string]*view{}, exports: exportJobs{jobs: map[string]*ExportJob{}}, policy: points.Policy{Grid: grid, MaxAge: cfg.MaxAge}}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("master target: creating data dir: %w", err)
 	}
-	ents, err := os.ReadDir(cfg.DataDir)
+	// Views do not survive a restart: their scratch files and sockets are
+	// left-overs of a crash.
+	if err := os.RemoveAll(filepath.Join(cfg.DataDir, ".views")); err != nil {
+		return nil, fmt.Errorf("master target: removing stale views: %w", err)
+	}
+	var ents []os.DirEntry
+	ents, err = os.ReadDir(cfg.DataDir)
 	if err != nil {
 		return nil, fmt.Errorf("master target: reading data dir: %w", err)
 	}
@@ -129,7 +168,9 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("master target: status listener: %w", err)
 		}
 		go func() {
-			if err := statusapi.Serve(ctx, sl, statusapi.Handler(func() any { return s.Status() }, s.metrics())); err != nil {
+			mux := statusapi.Handler(func() any { return s.Status() }, s.metrics())
+			s.api(mux)
+			if err := statusapi.Serve(ctx, sl, mux); err != nil {
 				s.log.Error("status server", "err", err)
 			}
 		}()
@@ -153,6 +194,7 @@ func (s *Server) Run(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
+	s.closeAllViews()
 	s.mu.Lock()
 	ms := make([]*machine, 0, len(s.machines))
 	for _, m := range s.machines {

@@ -118,6 +118,10 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 	}()
 	go func() { <-sctx.Done(); c.Close() }()
 	var buf []byte
+	var appended uint64 // appended in this session, perhaps not yet fsynced
+	var needSync bool
+	var unsynced int
+	var bytesIn uint64
 	for {
 		t, p, err := c.ReadFrame()
 		if err != nil {
@@ -143,7 +147,7 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			return
 		}
 		m.mu.Lock()
-		last := m.lastSeq
+		last := max(m.lastSeq, appended)
 		stale := m.session != my
 		disks := m.hello.Disks
 		m.mu.Unlock()
@@ -169,17 +173,28 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			buf = wire.AppendBatch(buf[:0], &b)
 			data = buf
 		}
-		if err := m.log.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, b.Captured()); err != nil {
+		needSync = needSync || b.Captured()
+		// Group commit: while more frames are already waiting, append
+		// without fsync; one fsync then covers them all before the ack.
+		more := c.Buffered() >= wire.HeaderSize && unsynced < 64<<20
+		if err := m.log.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, needSync && !more); err != nil {
 			if sctx.Err() == nil {
 				lg.Error("caching batch", "err", err)
 				refuse(c, "cache", err.Error())
 			}
 			return
 		}
+		appended = b.Last
+		unsynced += len(data)
+		bytesIn += uint64(len(data))
+		if more {
+			continue
+		}
 		m.mu.Lock()
-		m.lastSeq = b.Last
-		m.bytesIn += uint64(len(data))
+		m.lastSeq = appended
+		m.bytesIn += bytesIn
 		m.mu.Unlock()
+		needSync, unsynced, bytesIn = false, 0, 0
 		m.wake()
 	}
 }

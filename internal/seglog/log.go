@@ -155,7 +155,7 @@ func Open(dir string, opts Options) (*Log, error) {
 		lock:     lock,
 		closedCh: make(chan struct{}),
 	}
-	if err := l.recover(); err != nil {
+	if err := l.load(); err != nil {
 		if l.wf != nil {
 			l.wf.Close()
 		}

@@ -17,9 +17,9 @@ import (
 	"time"
 )
 
-// recover rebuilds the in-memory state from the segment files and repairs a
+// load rebuilds the in-memory state from the segment files and repairs a
 // torn tail. Called by Open only.
-func (l *Log) recover() error {
+func (l *Log) load() error {
 	start := time.Now()
 	bases, err := listSegments(l.dir, l.log)
 	if err != nil {

@@ -3,6 +3,7 @@
 package statusapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -67,35 +68,76 @@ func Listen(addr string) (net.Listener, error) {
 
 // Fetch reads a status document from addr (host:port or unix:PATH) into v.
 func Fetch(ctx context.Context, addr string, v any) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	return Call(ctx, addr, http.MethodGet, "/status", nil, v)
+}
+
+// Call sends a request with a JSON body (nil for none) to a role's local
+// endpoint and decodes the JSON answer into out. A non-2xx answer is an
+// error carrying the body, which the roles fill with the reason.
+func Call(ctx context.Context, addr, method, path string, body, out any) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	client := http.DefaultClient
-	url := "http://" + addr + "/status"
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
+	url := "http://" + addr + path
+	if p, ok := strings.CutPrefix(addr, "unix:"); ok {
 		client = &http.Client{Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
+			return d.DialContext(ctx, "unix", p)
 		}}}
-		url = "http://status/status"
+		url = "http://local" + path
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	var rd io.Reader
+	if body != nil {
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
 	if err != nil {
 		return err
 	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("fetching status from %s: %w", addr, err)
+		return fmt.Errorf("%s %s on %s: %w", method, path, addr, err)
 	}
 	defer resp.Body.Close()
-	b, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return fmt.Errorf("reading status from %s: %w", addr, err)
+		return fmt.Errorf("reading answer of %s %s from %s: %w", method, path, addr, err)
 	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status from %s: %s: %s", addr, resp.Status, b)
+	if resp.StatusCode/100 != 2 {
+		if out != nil {
+			_ = json.Unmarshal(b, out)
+		}
+		return &CallError{Status: resp.StatusCode, Body: strings.TrimSpace(string(b))}
 	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return fmt.Errorf("decoding status from %s: %w", addr, err)
+	if out == nil {
+		return nil
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("decoding answer of %s %s from %s: %w", method, path, addr, err)
 	}
 	return nil
+}
+
+// CallError is a refusal from a role's endpoint.
+type CallError struct {
+	Status int
+	Body   string
+}
+
+func (e *CallError) Error() string {
+	return fmt.Sprintf("%d %s: %s", e.Status, http.StatusText(e.Status), e.Body)
+}
+
+// ErrorJSON writes an error answer {"error": msg}.
+func ErrorJSON(w http.ResponseWriter, status int, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]string{"error": msg})
 }

@@ -31,6 +31,10 @@ const (
 	// gap (queue overflow, crash recovery, initial copy) is about to be filled
 	// by copies, and no point before OpSyncDone may be offered for recovery.
 	OpSyncStart Op = 7
+	// OpBookmark closes an epoch like OpEpoch and names it: its data is a
+	// JSON Bookmark. App-consistent bookmarks are inserted while the
+	// workload is frozen and the agent holds writes, across all disks.
+	OpBookmark Op = 8
 )
 
 func (o Op) String() string {
@@ -49,12 +53,22 @@ func (o Op) String() string {
 		return "sync-done"
 	case OpSyncStart:
 		return "sync-start"
+	case OpBookmark:
+		return "bookmark"
 	}
 	return fmt.Sprintf("op(%d)", uint8(o))
 }
 
 // HasData reports whether records of this op carry a payload.
-func (o Op) HasData() bool { return o == OpWrite || o == OpCopy }
+func (o Op) HasData() bool { return o == OpWrite || o == OpCopy || o == OpBookmark }
+
+// Modifies reports whether the record changes disk content.
+func (o Op) Modifies() bool {
+	return o == OpWrite || o == OpZero || o == OpCopy || o == OpCopyZero
+}
+
+// ClosesEpoch reports whether the record ends an epoch.
+func (o Op) ClosesEpoch() bool { return o == OpEpoch || o == OpBookmark }
 
 // Captured reports whether records of this op must be durable before an
 // acknowledgment travels upstream.
@@ -163,7 +177,7 @@ func DecodeBatch(buf []byte) (Batch, error) {
 			Length: binary.LittleEndian.Uint32(rest[20:]),
 		}
 		rest = rest[recordHeaderSize:]
-		if r.Op < OpWrite || r.Op > OpSyncStart {
+		if r.Op < OpWrite || r.Op > OpBookmark {
 			return b, fmt.Errorf("%w: record %d (seq %d) has unknown op %d", ErrCorrupt, i, r.Seq, r.Op)
 		}
 		if r.Seq < b.First || r.Seq > b.Last || (i > 0 && r.Seq <= prev) {
@@ -299,7 +313,7 @@ func ValidName(s string) bool {
 // refused, never clipped.
 func ValidateBatch(b *Batch, disks []DiskInfo) error {
 	for _, r := range b.Records {
-		if r.Op == OpEpoch {
+		if r.Op.ClosesEpoch() {
 			continue
 		}
 		if int(r.Disk) >= len(disks) {
@@ -313,4 +327,16 @@ func ValidateBatch(b *Batch, disks []DiskInfo) error {
 		}
 	}
 	return nil
+}
+
+// Bookmark is the payload of an OpBookmark record.
+type Bookmark struct {
+	Kind  string `json:"kind"` // "app" (hooks ran) or "tag"
+	Name  string `json:"name,omitempty"`
+	Group string `json:"group,omitempty"`
+	ID    string `json:"id,omitempty"` // shared by every machine of a group bookmark
+	Time  int64  `json:"time_unix_nano"`
+	Hooks int    `json:"hooks"`
+	// HeldNanos is how long the agent held writes for the marker.
+	HeldNanos int64 `json:"held_nanos"`
 }

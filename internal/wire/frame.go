@@ -316,6 +316,11 @@ func (c *Conn) decodeBody(h Header, body []byte) ([]byte, error) {
 	return c.dbuf, nil
 }
 
+// Buffered is how many received bytes wait in the read buffer: a receiver
+// uses it to append several frames under one fsync (group commit) when the
+// sender is ahead.
+func (c *Conn) Buffered() int { return c.br.Buffered() }
+
 // Close releases codec state.
 func (c *Conn) Close() {
 	c.wmu.Lock()

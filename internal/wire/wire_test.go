@@ -11,7 +11,7 @@ func sampleBatch(r *rand.Rand, n int) Batch {
 	b := Batch{First: 100, Last: 100 + uint64(n)*3}
 	seq := uint64(100)
 	for i := 0; i < n; i++ {
-		op := Op(1 + r.IntN(7))
+		op := Op(1 + r.IntN(8))
 		rec := Record{Seq: seq, Disk: uint16(r.IntN(3)), Op: op, Offset: uint64(r.IntN(1 << 30)), Length: uint32(r.IntN(9000))}
 		if op.HasData() {
 			rec.Data = make([]byte, rec.Length)

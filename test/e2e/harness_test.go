@@ -25,7 +25,7 @@ import (
 )
 
 // binary is the standby binary built once for all tests.
-var binary string
+var standbyBin string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "standby-e2e-bin-")
@@ -33,10 +33,12 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "standby")
-	cmd := exec.Command("go", "build", "-race", "-o", binary, "standby/cmd/standby")
-	if os.Getenv("STANDBY_E2E_NORACE") != "" {
-		cmd = exec.Command("go", "build", "-o", binary, "standby/cmd/standby")
+	standbyBin = filepath.Join(dir, "standby")
+	// The race detector runs on the unit tests; here it would slow every
+	// role several-fold on two cores. STANDBY_E2E_RACE=1 turns it on.
+	cmd := exec.Command("go", "build", "-o", standbyBin, "standby/cmd/standby")
+	if os.Getenv("STANDBY_E2E_RACE") != "" {
+		cmd = exec.Command("go", "build", "-race", "-o", standbyBin, "standby/cmd/standby")
 	}
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
@@ -98,7 +100,7 @@ func (p *proc) start() {
 		p.t.Fatal(err)
 	}
 	fmt.Fprintf(f, "=== start %s %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(p.args, " "))
-	argv := append(append([]string(nil), p.wrap...), binary)
+	argv := append(append([]string(nil), p.wrap...), standbyBin)
 	argv = append(argv, p.args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
@@ -244,6 +246,15 @@ func newCluster(t *testing.T, diskSizes []int64, opts ...clusterOpt) *cluster {
 		c.ps.kill9()
 		c.mt.kill9()
 		if t.Failed() {
+			if keep := os.Getenv("STANDBY_E2E_KEEP_LOGS"); keep != "" {
+				dst := filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_"))
+				_ = os.MkdirAll(dst, 0o755)
+				for _, l := range []string{c.ag.log, c.ps.log, c.mt.log} {
+					if b, err := os.ReadFile(l); err == nil {
+						_ = os.WriteFile(filepath.Join(dst, filepath.Base(l)), b, 0o644)
+					}
+				}
+			}
 			for _, l := range []string{c.ag.log, c.ps.log, c.mt.log} {
 				b, _ := os.ReadFile(l)
 				if len(b) > 6000 {
