@@ -44,6 +44,7 @@ func agentCmd() *cobra.Command {
 			}
 			c.Config.TLS = tlsc
 			c.Logger = logger(cmd)
+			memoryLimit(cmd)
 			a, err := agent.New(c.Config)
 			if err != nil {
 				return err
@@ -65,6 +66,7 @@ func agentCmd() *cobra.Command {
 	f.StringArrayVar(&thaw, "thaw-hook", nil, "shell command thawing it again")
 	f.DurationVar(&c.FreezeTimeout, "freeze-timeout", 0, "longest time writes are held for a bookmark; past it the agent thaws and reports failure (default 500ms)")
 	f.DurationVar(&c.BookmarkInterval, "bookmark-interval", 0, "take an app-consistent bookmark this often (0: on demand only)")
+	f.Int64("memory-limit", 160<<20, "soft memory limit in bytes for the Go runtime (GOMEMLIMIT overrides)")
 	tlsFlags(cmd, &c.TLS)
 	return cmd
 }

@@ -24,6 +24,7 @@ func processServerCmd() *cobra.Command {
 				return err
 			}
 			c.ServerTLS, c.ClientTLS, c.Logger = srv, cli, logger(cmd)
+			memoryLimit(cmd)
 			s, err := processserver.New(c.Config)
 			if err != nil {
 				return err
@@ -40,6 +41,7 @@ func processServerCmd() *cobra.Command {
 	f.StringVar(&c.Compression, "compression", "", "none, s2, zstd or adaptive (default adaptive)")
 	f.Int64Var(&c.BandwidthLimit, "bandwidth", 0, "bytes per second toward the master target (0: unlimited)")
 	f.StringVar(&c.StatusListen, "status", "", "status/metrics HTTP listener host:port (loopback)")
+	f.Int64("memory-limit", 160<<20, "soft memory limit in bytes for the Go runtime (GOMEMLIMIT overrides)")
 	tlsFlags(cmd, &c.TLS)
 	return cmd
 }

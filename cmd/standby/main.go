@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -42,6 +43,19 @@ func exitCode(err error) int {
 		return e.code
 	}
 	return 2
+}
+
+// memoryLimit applies --memory-limit unless GOMEMLIMIT is set: the agent
+// and process server hold bounded queues, and a soft limit makes the
+// garbage collector keep their resident size near those bounds instead of
+// letting it grow to twice the live heap.
+func memoryLimit(cmd *cobra.Command) {
+	if os.Getenv("GOMEMLIMIT") != "" {
+		return
+	}
+	if n, _ := cmd.Flags().GetInt64("memory-limit"); n > 0 {
+		debug.SetMemoryLimit(n)
+	}
 }
 
 func logger(cmd *cobra.Command) *slog.Logger {

@@ -77,13 +77,13 @@ func (c *Config) setDefaults() error {
 		c.EpochInterval = time.Second
 	}
 	if c.BatchBytes == 0 {
-		c.BatchBytes = 4 << 20
+		c.BatchBytes = 8 << 20
 	}
 	if c.FreezeTimeout == 0 {
 		c.FreezeTimeout = 500 * time.Millisecond
 	}
 	if c.ResyncChunk == 0 {
-		c.ResyncChunk = 1 << 20
+		c.ResyncChunk = 4 << 20
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -381,9 +381,13 @@ func (a *Agent) runHousekeeping(ctx context.Context) error {
 
 // runSender keeps a session with the process server and streams the queue.
 func (a *Agent) runSender(ctx context.Context) error {
-	backoff := 200 * time.Millisecond
+	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
+		start := time.Now()
 		err := a.session(ctx)
+		if time.Since(start) > 10*time.Second {
+			backoff = 100 * time.Millisecond // it was up for a while: retry quickly
+		}
 		a.setConnected(false, err)
 		a.q.disconnected()
 		if ctx.Err() != nil {
@@ -400,7 +404,7 @@ func (a *Agent) runSender(ctx context.Context) error {
 			return nil
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		backoff = min(backoff*2, 2*time.Second)
 	}
 	return nil
 }

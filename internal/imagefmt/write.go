@@ -85,6 +85,7 @@ func Write(ctx context.Context, src Source, format Format, path string, opts Opt
 
 	virt, gran := size, int64(rawGranule)
 	files := []string{path}
+	var desc string // the VMDK descriptor
 	cs := opts.ClusterSize
 	adapter := opts.VMDKAdapterType
 	switch format {
@@ -99,6 +100,11 @@ func Write(ctx context.Context, src Source, format Format, path string, opts Opt
 		gran = cs
 	case FormatVMDK:
 		virt = alignUp(size, 512)
+		if virt == 0 {
+			// An extent of 0 sectors is not valid (qemu-img itself
+			// crashes on one).
+			return Result{}, errors.New("imagefmt: a VMDK image needs a disk of at least one sector")
+		}
 		if adapter == "" {
 			adapter = VMDKAdapterLSILogic
 		}
@@ -106,6 +112,11 @@ func Write(ctx context.Context, src Source, format Format, path string, opts Opt
 			return Result{}, err
 		}
 		files = append(files, vmdkFlatPath(path))
+		// Made before any data is written, so a name the descriptor
+		// cannot hold fails at once.
+		if desc, err = vmdkDescriptor(filepath.Base(files[1]), virt/512, adapter); err != nil {
+			return Result{}, err
+		}
 	}
 	if virt != size {
 		log.Warn("disk size is not a multiple of 512 bytes: the image is padded with zeros",
@@ -173,10 +184,6 @@ func Write(ctx context.Context, src Source, format Format, path string, opts Opt
 		return Result{}, fmt.Errorf("imagefmt: write %s image %s: %w", format, path, err)
 	}
 	if format == FormatVMDK {
-		desc, err := vmdkDescriptor(filepath.Base(files[1]), virt/512, adapter)
-		if err != nil {
-			return Result{}, err
-		}
 		if _, err := tmps[0].WriteString(desc); err != nil {
 			return Result{}, fmt.Errorf("imagefmt: write VMDK descriptor %s: %w", path, err)
 		}

@@ -302,7 +302,13 @@ func TestEmptyDisks(t *testing.T) {
 		}
 		for _, format := range formats {
 			if size == 0 && format == imagefmt.FormatVMDK {
-				continue // a VMDK extent cannot have zero sectors
+				// A VMDK extent cannot have zero sectors.
+				d := t.TempDir()
+				_, err := imagefmt.Write(context.Background(), imagefmt.ReaderSource{R: zeroReader{}}, format, filepath.Join(d, "x.vmdk"), opts(t))
+				if err == nil || len(dirEntries(t, d)) != 0 {
+					t.Fatalf("empty VMDK: err = %v, files %v", err, dirEntries(t, d))
+				}
+				continue
 			}
 			t.Run(fmt.Sprintf("%s/%d", format, size), func(t *testing.T) {
 				out := filepath.Join(t.TempDir(), "disk."+ext(format))
@@ -366,6 +372,13 @@ func TestVMDKDescriptor(t *testing.T) {
 	if _, err := imagefmt.Write(context.Background(), src, imagefmt.FormatVMDK, filepath.Join(dir, "x.vmdk"), withAdapter(opts(t), "nvme")); err == nil {
 		t.Fatal("unknown adapter type accepted")
 	}
+	// The extent's name goes inside quotes in the descriptor.
+	if _, err := imagefmt.Write(context.Background(), src, imagefmt.FormatVMDK, filepath.Join(dir, `a"b.vmdk`), opts(t)); err == nil {
+		t.Fatal(`extent name with " accepted`)
+	}
+	if names := dirEntries(t, dir); len(names) != 1 {
+		t.Fatalf("refused writes left files: %v", names)
+	}
 }
 
 func TestRefusesToOverwrite(t *testing.T) {
@@ -389,6 +402,48 @@ func TestRefusesToOverwrite(t *testing.T) {
 			}
 			if b, _ := os.ReadFile(existing); string(b) != "precious" {
 				t.Fatalf("existing file changed to %q", b)
+			}
+			if names := dirEntries(t, d); len(names) != 1 {
+				t.Fatalf("refused write left files: %v", names)
+			}
+		})
+	}
+}
+
+// racingSource creates a file under the image's final name in the middle
+// of the export, as a second export to the same path would.
+type racingSource struct {
+	imagefmt.Source
+	path string
+	done bool
+}
+
+func (r *racingSource) ReadAt(p []byte, off int64) (int, error) {
+	if !r.done && off > 0 {
+		r.done = true
+		if err := os.WriteFile(r.path, []byte("the other export"), 0o600); err != nil {
+			return 0, err
+		}
+	}
+	return r.Source.ReadAt(p, off)
+}
+
+// TestRefusesToOverwriteLateComer: a file that appears under the final name
+// after Write has started is not replaced either.
+func TestRefusesToOverwriteLateComer(t *testing.T) {
+	dir := t.TempDir()
+	srcPath, layout, disk := makeDisk(t, dir, imagefmttest.Spec{Size: 4 << 20, DataFraction: 0.8, Seed: 9, MaxRegion: 64 << 10})
+	for _, format := range formats {
+		t.Run(string(format), func(t *testing.T) {
+			d := t.TempDir()
+			out := filepath.Join(d, "disk."+ext(format))
+			src := &racingSource{Source: sources(t, srcPath, layout, disk)["view"], path: out}
+			_, err := imagefmt.Write(context.Background(), src, format, out, opts(t))
+			if !errors.Is(err, fs.ErrExist) {
+				t.Fatalf("err = %v, want fs.ErrExist", err)
+			}
+			if b, _ := os.ReadFile(out); string(b) != "the other export" {
+				t.Fatalf("%s was replaced: %q", out, b)
 			}
 			if names := dirEntries(t, d); len(names) != 1 {
 				t.Fatalf("refused write left files: %v", names)

@@ -30,13 +30,13 @@ func TestHelperApply(t *testing.T) {
 	}
 	seed, _ := strconv.ParseUint(os.Getenv(helperEnv+"_SEED"), 10, 64)
 	start, _ := strconv.Atoi(os.Getenv(helperEnv + "_START"))
-	r := &rig{t: t, dir: dir, sizes: modelSizes, opts: Options{SegmentSize: killSegSize, Logger: quietLogger()}}
+	r := &rig{t: t, dir: dir, sizes: smallSizes, opts: Options{SegmentSize: killSegSize, Logger: quietLogger()}}
 	r.openReplicas()
 	r.open()
 	out := bufio.NewWriter(os.Stdout)
 	rng := rand.New(rand.NewPCG(seed, uint64(start)))
 	a := r.j.NewApplier(1 + rng.IntN(16))
-	ops := genOps(seed, modelSizes, killOps, 1)
+	ops := genOps(seed, smallSizes, killOps, 1)
 	for _, o := range ops[start:] {
 		w := r.writer(o)
 		seq := o.seq
@@ -73,9 +73,9 @@ func TestKill9(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 6))
-	r := newRig(t, modelSizes, Options{SegmentSize: killSegSize})
+	r := newRig(t, smallSizes, Options{SegmentSize: killSegSize})
 	r.close() // the children own it until the end
-	ops := genOps(seed, modelSizes, killOps, 1)
+	ops := genOps(seed, smallSizes, killOps, 1)
 	index := make(map[uint64]int, len(ops))
 	for i, o := range ops {
 		index[o.seq] = i
@@ -151,5 +151,5 @@ func TestKill9(t *testing.T) {
 	if err := a.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	checkPoints(t, r.j, modelSizes, ops, spreadPoints(ops, 10, rng))
+	checkPoints(t, r.j, smallSizes, ops, spreadPoints(ops, 10, rng))
 }

@@ -16,6 +16,10 @@ import (
 // not a multiple of the block size.
 var modelSizes = []int64{8 << 20, 3<<20 + 1000}
 
+// smallSizes serve the tests about recovery and space, which check many
+// points many times.
+var smallSizes = []int64{2 << 20, 1<<20 + 1000}
+
 type snapshot struct {
 	point uint64
 	disks [][]byte
@@ -136,7 +140,7 @@ func TestModelConcurrent(t *testing.T) {
 				}
 				for range 20 {
 					off := rng.Int64N(modelSizes[d])
-					n := 1 + rng.Int64N(min(modelSizes[d]-off, 256<<10))
+					n := 1 + rng.Int64N(min(modelSizes[d]-off, 64<<10))
 					buf := make([]byte, n)
 					if _, err := v.ReadAt(buf, off); err != nil {
 						errs <- err

@@ -21,8 +21,8 @@ func applyAll(t *testing.T, r *rig, ops []op) {
 }
 
 func TestPruneBySeq(t *testing.T) {
-	r := newRig(t, modelSizes, Options{SegmentSize: 256 << 10})
-	ops := genOps(21, modelSizes, 400, 1)
+	r := newRig(t, smallSizes, Options{SegmentSize: 256 << 10})
+	ops := genOps(21, smallSizes, 400, 1)
 	applyAll(t, r, ops)
 	before := r.j.Stats()
 	if before.Segments < 4 {
@@ -45,7 +45,7 @@ func TestPruneBySeq(t *testing.T) {
 	if _, err := r.j.OpenView(0, after.OldestSeq-1, ""); !errors.Is(err, ErrPointGone) {
 		t.Fatalf("view below OldestSeq: %v, want ErrPointGone", err)
 	}
-	checkPoints(t, r.j, modelSizes, ops, []uint64{after.OldestSeq, keep - 1, keep, ops[len(ops)-1].seq})
+	checkPoints(t, r.j, smallSizes, ops, []uint64{after.OldestSeq, keep - 1, keep, ops[len(ops)-1].seq})
 	// Every dropped segment is gone from disk, and the index lets go of
 	// its runs.
 	names, _ := filepath.Glob(filepath.Join(r.journalDir(), "*.ujl"))
@@ -67,7 +67,7 @@ func TestPruneBySeq(t *testing.T) {
 	if got := r.j.OldestSeq(); got < after.OldestSeq || got >= keep {
 		t.Fatalf("OldestSeq %d after reopen, was %d, keep %d", got, after.OldestSeq, keep)
 	}
-	checkPoints(t, r.j, modelSizes, ops, []uint64{keep - 1, keep, ops[len(ops)-1].seq})
+	checkPoints(t, r.j, smallSizes, ops, []uint64{keep - 1, keep, ops[len(ops)-1].seq})
 	// Pruning everything keeps the newest segment.
 	if _, err := r.j.Prune(^uint64(0)); err != nil {
 		t.Fatal(err)
@@ -78,8 +78,8 @@ func TestPruneBySeq(t *testing.T) {
 }
 
 func TestViewPinsAgainstPrune(t *testing.T) {
-	r := newRig(t, modelSizes, Options{SegmentSize: 256 << 10})
-	ops := genOps(22, modelSizes, 400, 1)
+	r := newRig(t, smallSizes, Options{SegmentSize: 256 << 10})
+	ops := genOps(22, smallSizes, 400, 1)
 	applyAll(t, r, ops[:200])
 	pin := ops[50].seq
 	v, err := r.j.OpenView(0, pin, filepath.Join(r.dir, "scratch"))
@@ -97,7 +97,7 @@ func TestViewPinsAgainstPrune(t *testing.T) {
 	if info.OldestSeq > pin {
 		t.Fatalf("Prune moved OldestSeq to %d past the open view at %d", info.OldestSeq, pin)
 	}
-	want := modelAt(modelSizes, ops, pin)[0]
+	want := modelAt(smallSizes, ops, pin)[0]
 	if got := readAll(t, v); string(got) != string(want) {
 		t.Fatalf("pinned view after Prune: %s", firstDiff(got, want))
 	}
@@ -117,8 +117,8 @@ func TestViewPinsAgainstPrune(t *testing.T) {
 
 func TestSpacePressure(t *testing.T) {
 	const maxBytes = 2 << 20
-	r := newRig(t, modelSizes, Options{MaxBytes: maxBytes})
-	ops := genOps(23, modelSizes, 600, 1)
+	r := newRig(t, smallSizes, Options{MaxBytes: maxBytes})
+	ops := genOps(23, smallSizes, 600, 1)
 	applyAll(t, r, ops[:40])
 	old, err := r.j.OpenView(0, ops[5].seq, filepath.Join(r.dir, "old"))
 	if err != nil {
@@ -159,7 +159,7 @@ func TestSpacePressure(t *testing.T) {
 		t.Fatalf("extents of an invalidated view: %v", err)
 	}
 	// Points at or above OldestSeq are fine.
-	checkPoints(t, r.j, modelSizes, ops, []uint64{st.OldestSeq, ops[len(ops)-1].seq})
+	checkPoints(t, r.j, smallSizes, ops, []uint64{st.OldestSeq, ops[len(ops)-1].seq})
 	if _, err := r.j.OpenView(0, st.OldestSeq-1, ""); !errors.Is(err, ErrPointGone) {
 		t.Fatalf("view below OldestSeq: %v", err)
 	}
@@ -176,7 +176,7 @@ func TestSpacePressure(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer victim.Close()
-	more := genOps(24, modelSizes, 300, ops[len(ops)-1].seq+1)
+	more := genOps(24, smallSizes, 300, ops[len(ops)-1].seq+1)
 	a := r.j.NewApplier(1)
 	for i, o := range more {
 		r.apply(a, o)
@@ -192,7 +192,7 @@ func TestSpacePressure(t *testing.T) {
 		t.Fatalf("view at a kept point invalidated: %v", err)
 	}
 	all := append(append([]op{}, ops...), more...)
-	want := modelAt(modelSizes, all, ops[len(ops)-1].seq)[0]
+	want := modelAt(smallSizes, all, ops[len(ops)-1].seq)[0]
 	if got := readAll(t, survivor); string(got) != string(want) {
 		t.Fatalf("surviving view: %s", firstDiff(got, want))
 	}
@@ -202,8 +202,8 @@ func TestSpacePressure(t *testing.T) {
 // a dropped segment can reappear; Open must not let it extend the range of
 // points (a later dropped segment may be missing).
 func TestDroppedSegmentComesBack(t *testing.T) {
-	r := newRig(t, modelSizes, Options{SegmentSize: 256 << 10})
-	ops := genOps(25, modelSizes, 300, 1)
+	r := newRig(t, smallSizes, Options{SegmentSize: 256 << 10})
+	ops := genOps(25, smallSizes, 300, 1)
 	applyAll(t, r, ops)
 	names, _ := filepath.Glob(filepath.Join(r.journalDir(), "*.ujl"))
 	slices.Sort(names)

@@ -40,8 +40,8 @@ func TestReopen(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 4))
-	r := newRig(t, modelSizes, Options{SegmentSize: 1 << 20})
-	ops := genOps(seed, modelSizes, 500, 1)
+	r := newRig(t, smallSizes, Options{SegmentSize: 512 << 10})
+	ops := genOps(seed, smallSizes, 500, 1)
 	a := r.j.NewApplier(8)
 	for _, o := range ops {
 		r.apply(a, o)
@@ -51,7 +51,7 @@ func TestReopen(t *testing.T) {
 	}
 	before := r.j.Stats()
 	points := spreadPoints(ops, 12, rng)
-	checkPoints(t, r.j, modelSizes, ops, points)
+	checkPoints(t, r.j, smallSizes, ops, points)
 	r.close()
 	r.openReplicas()
 	r.open()
@@ -62,9 +62,9 @@ func TestReopen(t *testing.T) {
 	if after.OldestSeq != 0 {
 		t.Fatalf("OldestSeq %d after reopen, nothing was dropped", after.OldestSeq)
 	}
-	checkPoints(t, r.j, modelSizes, ops, points)
+	checkPoints(t, r.j, smallSizes, ops, points)
 	// Apply goes on after the reopen, in the same segments' chain.
-	more := genOps(seed+1, modelSizes, 200, ops[len(ops)-1].seq+1)
+	more := genOps(seed+1, smallSizes, 200, ops[len(ops)-1].seq+1)
 	a = r.j.NewApplier(8)
 	for _, o := range more {
 		r.apply(a, o)
@@ -73,7 +73,7 @@ func TestReopen(t *testing.T) {
 		t.Fatal(err)
 	}
 	all := append(append([]op{}, ops...), more...)
-	checkPoints(t, r.j, modelSizes, all, spreadPoints(all, 12, rng))
+	checkPoints(t, r.j, smallSizes, all, spreadPoints(all, 12, rng))
 }
 
 // lastFinalBefore decodes the segment files in dir and returns the seq of
@@ -114,8 +114,8 @@ func TestCrashTruncate(t *testing.T) {
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
 	rng := rand.New(rand.NewPCG(seed, 5))
-	r := newRig(t, modelSizes, Options{SegmentSize: 1 << 20})
-	ops := genOps(seed, modelSizes, 600, 1)
+	r := newRig(t, smallSizes, Options{SegmentSize: 512 << 10})
+	ops := genOps(seed, smallSizes, 600, 1)
 	a := r.j.NewApplier(8)
 	for _, o := range ops {
 		r.apply(a, o)
@@ -158,7 +158,7 @@ func TestCrashTruncate(t *testing.T) {
 		}
 		// The replica holds exactly what was applied up to the journal's
 		// durable point: the write-ahead rule allows nothing more.
-		writeReplicas(t, r, modelAt(modelSizes, ops, want))
+		writeReplicas(t, r, modelAt(smallSizes, ops, want))
 		r.openReplicas()
 		r.open()
 		if got := r.j.LastSeq(); got != want {
@@ -171,7 +171,7 @@ func TestCrashTruncate(t *testing.T) {
 			}
 		}
 		if len(upTo) > 0 {
-			checkPoints(t, r.j, modelSizes, upTo, spreadPoints(upTo, 3, rng))
+			checkPoints(t, r.j, smallSizes, upTo, spreadPoints(upTo, 3, rng))
 		}
 		// Replay: what the journal has is not preserved again.
 		a := r.j.NewApplier(8)
@@ -183,7 +183,7 @@ func TestCrashTruncate(t *testing.T) {
 		if err := a.Flush(); err != nil {
 			t.Fatal(err)
 		}
-		checkPoints(t, r.j, modelSizes, ops, spreadPoints(ops, 4, rng))
+		checkPoints(t, r.j, smallSizes, ops, spreadPoints(ops, 4, rng))
 		r.close()
 	}
 }
@@ -226,8 +226,8 @@ func copyDir(t *testing.T, from, to string) {
 }
 
 func TestCorruption(t *testing.T) {
-	r := newRig(t, modelSizes, Options{SegmentSize: 256 << 10})
-	ops := genOps(11, modelSizes, 300, 1)
+	r := newRig(t, smallSizes, Options{SegmentSize: 256 << 10})
+	ops := genOps(11, smallSizes, 300, 1)
 	a := r.j.NewApplier(8)
 	for _, o := range ops {
 		r.apply(a, o)

@@ -77,6 +77,15 @@ func (m *machine) runApply(ctx context.Context) {
 		return true
 	}
 	for {
+		if len(pending) == 0 && unsynced > 0 && len(entries) == 0 {
+			// Idle: make what was applied durable now rather than at the
+			// next tick, so copies are confirmed (and resyncs end) sooner.
+			if err := m.sync(); err != nil {
+				m.fail(lg, err)
+				return
+			}
+			lastSync, unsynced = time.Now(), 0
+		}
 		if len(pending) == 0 {
 			select {
 			case it, ok := <-entries:

@@ -218,7 +218,7 @@ func (m *machine) startForwarder(ctx context.Context) {
 // from where the master target's intake ends.
 func (m *machine) runForwarder(ctx context.Context) {
 	lg := m.s.log.With("machine", m.name)
-	backoff := 200 * time.Millisecond
+	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		err := m.forward(ctx)
 		m.mu.Lock()
@@ -241,7 +241,7 @@ func (m *machine) runForwarder(ctx context.Context) {
 			return
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 5*time.Second)
+		backoff = min(backoff*2, 2*time.Second)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -85,10 +86,13 @@ func pgDir(t *testing.T, own bool) string {
 }
 
 // asPostgres runs a command as the postgres user, from a directory it may
-// read.
+// read. Cancelling ctx kills the command and not only runuser.
 func asPostgres(ctx context.Context, name string, args ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, "runuser", append([]string{"-u", "postgres", "--", name}, args...)...)
 	cmd.Dir = "/"
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 5 * time.Second
 	return cmd
 }
 
@@ -109,6 +113,11 @@ type pgInstance struct {
 func newPG(t *testing.T, name, bin, data string, port int) *pgInstance {
 	sock := pgDir(t, true)
 	p := &pgInstance{t: t, name: name, bin: bin, data: data, sock: sock, port: port, log: filepath.Join(sock, "postgres.log")}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("---- tail of postgres %s log ----\n%s", p.name, p.logTail())
+		}
+	})
 	return p
 }
 
@@ -161,11 +170,27 @@ func (p *pgInstance) stop() {
 		// Writers blocked on a frozen file system cannot be stopped.
 		_ = exec.Command("fsfreeze", "-u", p.frozen).Run()
 	}
+	pid := 0
+	if b, err := os.ReadFile(filepath.Join(p.data, "postmaster.pid")); err == nil {
+		pid, _ = strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+	}
 	if _, err := p.run(time.Minute, p.tool("pg_ctl"), "stop", "-D", p.data, "-m", "immediate", "-w", "-t", "50"); err != nil {
 		p.t.Errorf("stopping postgres %s: %v", p.name, err)
 		return
 	}
 	p.up = false
+	// pg_ctl returns once the lock file is gone, which the postmaster
+	// removes just before it exits, still in its data directory: wait for
+	// the exit, or an unmount right after finds the file system busy.
+	for deadline := time.Now().Add(10 * time.Second); pid > 0 && time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			break
+		}
+		if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) && b[i+2] == 'Z' {
+			break
+		}
+	}
 }
 
 // query runs one SQL statement and returns its unaligned, tuples-only output.
@@ -379,17 +404,36 @@ func pgUnmount(t *testing.T, p *pgInstance, mnt string) {
 	if !pgMounted(mnt) {
 		return
 	}
-	var out []byte
+	var out, first []byte
 	var err error
 	for i := 0; i < 50; i++ {
 		if out, err = exec.Command("umount", mnt).CombinedOutput(); err == nil {
+			if i > 0 {
+				t.Logf("umount %s (postgres %s) succeeded at try %d; first refusal: %s", mnt, p.name, i+1, first)
+			}
 			return
+		}
+		if i == 0 {
+			first = append(append(out, "users of the mount:\n"...), mountUsers(mnt)...)
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	users, _ := exec.Command("fuser", "-vm", mnt).CombinedOutput()
+	users := mountUsers(mnt)
 	procs, _ := exec.Command("ps", "-u", "postgres", "-o", "pid,stat,wchan:30,args").CombinedOutput()
 	t.Errorf("umount %s (postgres %s): %v: %s\nusers of the mount:\n%s\npostgres processes:\n%s\n---- %s ----\n%s", mnt, p.name, err, out, users, procs, p.log, p.logTail())
+}
+
+// mountUsers is fuser's list of the processes using a mount (without its
+// complaints about processes it may not look at).
+func mountUsers(mnt string) string {
+	out, _ := exec.Command("fuser", "-vm", mnt).CombinedOutput()
+	var keep []string
+	for _, l := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(l, "Cannot stat") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
 
 // pgMounted reports whether a file system is mounted at dir.
