@@ -209,13 +209,25 @@ func (d *disk) readCopy(off, n int64, buf []byte) error {
 		d.a.q.requeueCopies()
 		return fmt.Errorf("reading %s at %d for resync: %w", d.cfg.Name, off, err)
 	}
-	r := wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(off), Length: uint32(n)}
-	if !blockdev.IsZero(buf) {
-		r.Op = wire.OpCopy
-		r.Data = append([]byte(nil), buf...)
-		d.copiedData.Add(n)
+	// Zero runs inside the chunk travel as ranges, not data, so holes of
+	// the source stay holes in the replica.
+	const blk = 4096
+	for start := int64(0); start < n; {
+		zero := blockdev.IsZero(buf[start:min(start+blk, n)])
+		end := start + blk
+		for end < n && blockdev.IsZero(buf[end:min(end+blk, n)]) == zero {
+			end += blk
+		}
+		end = min(end, n)
+		r := wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(off + start), Length: uint32(end - start)}
+		if !zero {
+			r.Op = wire.OpCopy
+			r.Data = append([]byte(nil), buf[start:end]...)
+			d.copiedData.Add(end - start)
+		}
+		d.a.q.pushCopy(d, r)
+		start = end
 	}
-	d.a.q.pushCopy(d, r)
 	unlock()
 	return nil
 }

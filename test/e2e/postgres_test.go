@@ -277,6 +277,11 @@ func TestPostgresPgbenchPoints(t *testing.T) {
 	begin := time.Now()
 	bd := attachExport(t, c.nbdURI(0))
 	run(t, "mkfs.ext4", "-F", "-q", "-E", "lazy_itable_init=0,lazy_journal_init=0", bd.dev)
+	// The initial copy is done (points from here on are consistent), checked
+	// before mounting: the comparison needs a source nobody writes, and a
+	// mounted ext4 commits its journal on its own.
+	c.waitIdentical(2 * time.Minute)
+	t.Logf("ext4 on the agent's export, initial copy done in %s", time.Since(begin).Round(time.Millisecond))
 	mount(t, bd.dev, mnt)
 	t.Cleanup(func() { pgUnmount(t, primary, mnt) }) // before mount's own cleanup
 	uid, gid := pgUser(t)
@@ -286,8 +291,6 @@ func TestPostgresPgbenchPoints(t *testing.T) {
 	if err := os.Chown(primary.data, uid, gid); err != nil {
 		t.Fatal(err)
 	}
-	c.waitIdentical(2 * time.Minute) // the initial copy is done: points from here on are consistent
-	t.Logf("ext4 on the agent's export, initial copy done in %s", time.Since(begin).Round(time.Millisecond))
 
 	// initdb without its many fsyncs, then one syncfs: the same on disk.
 	if _, err := primary.run(2*time.Minute, primary.tool("initdb"), "-D", primary.data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
