@@ -293,11 +293,13 @@ func (j *Journal) OldestSeq() uint64 {
 func (j *Journal) Pruned() <-chan PruneInfo { return j.pruned }
 
 // Lock takes the range for the apply loop: view reads of it wait until the
-// returned func is called. Call it before Preserve and release it after the
-// replica write, so a view never sees the replica written while its
-// before-image is not yet indexed. Lock calls never exclude each other
-// (there is one apply goroutine, which may hold many ranges while it
-// batches records for one Sync).
+// returned func is called. It must cover the replica write of the range;
+// it may, but need not, cover Preserve too: Preserve indexes the image
+// before it returns, so a view that looked the block up before that reads
+// the replica under its own hold of the range, which the write then waits
+// for, and a view that looked it up after finds the image. Lock calls
+// never exclude each other (there is one apply goroutine, which may hold
+// many ranges while it batches records for one Sync).
 func (j *Journal) Lock(disk int, off, n int64) func() {
 	b0, b1 := j.blockRange(off, n)
 	return j.locks.lockWrite(stripes(disk, b0, b1))

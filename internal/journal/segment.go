@@ -321,6 +321,14 @@ func (j *Journal) scanSegment(s *segment, last bool) error {
 	if size < segHeaderSize {
 		return corrupt(0, fmt.Errorf("%w: segment shorter than its header", ErrCorrupt))
 	}
+	if !last {
+		// Sealed segments are opened again when a view first reads one:
+		// a large journal would otherwise hold a descriptor per segment.
+		s.f = nil
+		if err := f.Close(); err != nil {
+			return fmt.Errorf("journal: closing segment %s after scanning: %w", s.path, err)
+		}
+	}
 	return nil
 }
 

@@ -342,12 +342,12 @@ func (m *machine) apply(rec wire.Record) (int64, error) {
 	switch rec.Op {
 	case wire.OpWrite, wire.OpCopy:
 		if _, err := m.replica[rec.Disk].WriteAt(rec.Data, int64(rec.Offset)); err != nil {
-			return 0, fmt.Errorf("applying seq %d to %s: %w", rec.Seq, m.cp.Disks[rec.Disk].Name, err)
+			return 0, fmt.Errorf("applying seq %d to %s: %w", rec.Seq, m.layout[rec.Disk].Name, err)
 		}
 		n = int64(len(rec.Data))
 	case wire.OpZero, wire.OpCopyZero:
 		if err := m.replica[rec.Disk].ZeroRange(int64(rec.Offset), int64(rec.Length), true); err != nil {
-			return 0, fmt.Errorf("zeroing seq %d on %s: %w", rec.Seq, m.cp.Disks[rec.Disk].Name, err)
+			return 0, fmt.Errorf("zeroing seq %d on %s: %w", rec.Seq, m.layout[rec.Disk].Name, err)
 		}
 	}
 	m.mu.Lock()
@@ -386,7 +386,7 @@ func (m *machine) sync() error {
 	}
 	for i, r := range m.replica {
 		if err := r.Sync(); err != nil {
-			return fmt.Errorf("fsync of replica %s: %w", m.cp.Disks[i].Name, err)
+			return fmt.Errorf("fsync of replica %s: %w", m.layout[i].Name, err)
 		}
 	}
 	if err := m.writeCheckpoint(cp); err != nil {

@@ -65,6 +65,7 @@ type machine struct {
 	closed     bool
 	notify     chan struct{}
 
+	layout         []wire.DiskInfo // disk names and sizes: fixed once opened, read without the lock
 	journal        *journal.Journal
 	replayTo       uint64
 	points         *points.Catalogue
@@ -170,6 +171,9 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 		return nil, err
 	}
 	m.live = cloneCP(m.cp)
+	for i, d := range m.cp.Disks {
+		m.layout = append(m.layout, wire.DiskInfo{Index: uint16(i), Name: d.Name, Size: d.Size})
+	}
 	st := lg.Stats()
 	m.lastSeq = max(st.LastSeq, m.cp.AppliedSeq)
 	m.durable = max(st.DurableSeq, m.cp.AppliedSeq)
@@ -218,11 +222,11 @@ func (m *machine) scanEpochs() error {
 }
 
 func (m *machine) checkDisks(disks []wire.DiskInfo) error {
-	if len(disks) != len(m.cp.Disks) {
-		return fmt.Errorf("machine %s has %d replica disks here, the source has %d: refusing (remove the replica to start over)", m.name, len(m.cp.Disks), len(disks))
+	if len(disks) != len(m.layout) {
+		return fmt.Errorf("machine %s has %d replica disks here, the source has %d: refusing (remove the replica to start over)", m.name, len(m.layout), len(disks))
 	}
 	for i, d := range disks {
-		have := m.cp.Disks[i]
+		have := m.layout[i]
 		if d.Name != have.Name || d.Size != have.Size {
 			return fmt.Errorf("machine %s disk %d: source is %s of %d bytes, replica is %s of %d bytes: refusing to apply to a replica of the wrong size", m.name, i, d.Name, d.Size, have.Name, have.Size)
 		}
@@ -441,9 +445,5 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 // validate checks every record against the replica layout before anything
 // is stored: a record outside its disk is refused whole, never clipped.
 func (m *machine) validate(b *wire.Batch) error {
-	disks := make([]wire.DiskInfo, len(m.cp.Disks))
-	for i, d := range m.cp.Disks {
-		disks[i] = wire.DiskInfo{Index: uint16(i), Name: d.Name, Size: d.Size}
-	}
-	return wire.ValidateBatch(b, disks)
+	return wire.ValidateBatch(b, m.layout)
 }

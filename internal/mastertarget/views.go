@@ -123,7 +123,7 @@ func (s *Server) openView(m *machine, p points.Point) (*view, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	for i, d := range m.cp.Disks {
+	for i, d := range m.layout {
 		jv, err := m.journal.OpenView(i, p.Seq, filepath.Join(dir, d.Name+".scratch"))
 		if err != nil {
 			return fail(fmt.Errorf("opening view of %s at point %d: %w", d.Name, p.ID, err))
@@ -131,7 +131,7 @@ func (s *Server) openView(m *machine, p points.Point) (*view, error) {
 		v.disks = append(v.disks, jv)
 	}
 	var exports []*nbd.Export
-	for i, d := range m.cp.Disks {
+	for i, d := range m.layout {
 		exports = append(exports, &nbd.Export{Name: d.Name, Description: fmt.Sprintf("%s/%s at point %d (%s)", m.name, d.Name, p.ID, p.Time.Format(time.RFC3339)), Backend: viewBackend{v.disks[i]}})
 	}
 	var ln net.Listener
@@ -145,7 +145,7 @@ func (s *Server) openView(m *machine, p points.Point) (*view, error) {
 		return fail(fmt.Errorf("view %s: NBD listener: %w", id, err))
 	}
 	v.ln = ln
-	for i, d := range m.cp.Disks {
+	for i, d := range m.layout {
 		uri := fmt.Sprintf("nbd://%s/%s", ln.Addr().String(), d.Name)
 		if ln.Addr().Network() == "unix" {
 			uri = fmt.Sprintf("nbd+unix:///%s?socket=%s", d.Name, ln.Addr().String())
@@ -244,8 +244,8 @@ func (s *Server) startExport(m *machine, p points.Point, diskName, format, path 
 		return nil, err
 	}
 	idx := -1
-	for i, d := range m.cp.Disks {
-		if d.Name == diskName || (diskName == "" && len(m.cp.Disks) == 1) {
+	for i, d := range m.layout {
+		if d.Name == diskName || (diskName == "" && len(m.layout) == 1) {
 			idx = i
 		}
 	}
@@ -265,7 +265,7 @@ func (s *Server) startExport(m *machine, p points.Point, diskName, format, path 
 	}
 	s.exports.mu.Lock()
 	s.exports.next++
-	job := &ExportJob{ID: strconv.Itoa(s.exports.next), Machine: m.name, Disk: m.cp.Disks[idx].Name, Point: p, Format: string(f), Path: path, Started: time.Now()}
+	job := &ExportJob{ID: strconv.Itoa(s.exports.next), Machine: m.name, Disk: m.layout[idx].Name, Point: p, Format: string(f), Path: path, Started: time.Now()}
 	s.exports.jobs[job.ID] = job
 	s.exports.mu.Unlock()
 	go func() {

@@ -67,8 +67,34 @@ func Files(ctx context.Context, source, replica string, blockSize int64) (Result
 // target and the master target has applied it, then compares each disk
 // with its replica. Both must be readable from here (same host, or shared
 // storage): the comparison reads the files themselves.
+//
+// If the source was written while it was being compared (the agent's last
+// sequence moved), differences may be those new writes: the comparison is
+// repeated after the next drain, until the deadline.
 func Pair(ctx context.Context, agentAddr, mtAddr string, blockSize int64, timeout time.Duration) ([]Result, error) {
 	deadline := time.Now().Add(timeout)
+	for {
+		res, seq, err := pairOnce(ctx, agentAddr, mtAddr, blockSize, deadline)
+		if err != nil || allIdentical(res) {
+			return res, err
+		}
+		var now agent.Status
+		if statusapi.Fetch(ctx, agentAddr, &now) != nil || now.LastSeq == seq || time.Now().After(deadline) {
+			return res, nil
+		}
+	}
+}
+
+func allIdentical(rs []Result) bool {
+	for _, r := range rs {
+		if !r.Identical {
+			return false
+		}
+	}
+	return true
+}
+
+func pairOnce(ctx context.Context, agentAddr, mtAddr string, blockSize int64, deadline time.Time) ([]Result, uint64, error) {
 	var as agent.Status
 	var ms mastertarget.MachineStatus
 	for {
@@ -79,11 +105,11 @@ func Pair(ctx context.Context, agentAddr, mtAddr string, blockSize int64, timeou
 		errM := statusapi.Fetch(ctx, mtAddr, &mt)
 		if err := errors.Join(errA, errM); err != nil {
 			if time.Now().After(deadline) {
-				return nil, err
+				return nil, 0, err
 			}
 			select {
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, 0, ctx.Err()
 			case <-time.After(200 * time.Millisecond):
 			}
 			continue
@@ -98,11 +124,11 @@ func Pair(ctx context.Context, agentAddr, mtAddr string, blockSize int64, timeou
 			break
 		}
 		if time.Now().After(deadline) {
-			return nil, fmt.Errorf("verify: pair not drained after %s (agent last seq %d, durable %d, master target applied %d)", timeout, as.LastSeq, as.DurableSeq, ms.AppliedSeq)
+			return nil, 0, fmt.Errorf("verify: pair not drained by %s (agent last seq %d, durable %d, master target applied %d)", deadline.Format(time.RFC3339), as.LastSeq, as.DurableSeq, ms.AppliedSeq)
 		}
 		select {
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, 0, ctx.Err()
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
@@ -110,7 +136,7 @@ func Pair(ctx context.Context, agentAddr, mtAddr string, blockSize int64, timeou
 	var errs []error
 	for i, d := range as.Disks {
 		if i >= len(ms.Disks) {
-			return nil, errors.New("verify: master target has fewer disks than the agent")
+			return nil, 0, errors.New("verify: master target has fewer disks than the agent")
 		}
 		r, err := Files(ctx, d.Path, ms.Disks[i].Replica, blockSize)
 		r.Disk = d.Name
@@ -120,7 +146,7 @@ func Pair(ctx context.Context, agentAddr, mtAddr string, blockSize int64, timeou
 		}
 		out = append(out, r)
 	}
-	return out, errors.Join(errs...)
+	return out, as.LastSeq, errors.Join(errs...)
 }
 
 func allConsistent(m mastertarget.MachineStatus) bool {
