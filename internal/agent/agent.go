@@ -20,6 +20,7 @@ import (
 
 	"standby/internal/blockdev"
 	"standby/internal/capture"
+	"standby/internal/fsutil"
 	"standby/internal/nbd"
 	"standby/internal/statusapi"
 	"standby/internal/transport"
@@ -229,21 +230,12 @@ func nextBoot(path string) (uint64, error) {
 		err = os.Rename(tmp, path)
 	}
 	if err == nil {
-		err = syncDir(filepath.Dir(path))
+		err = fsutil.SyncDir(filepath.Dir(path))
 	}
 	if err != nil {
 		return 0, fmt.Errorf("agent: writing boot counter: %w", err)
 	}
 	return boot, nil
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }
 
 func (a *Agent) closeDisks() {

@@ -1,16 +1,11 @@
 package journal
 
-import "os"
+import (
+	"os"
 
-// syncDir makes a new file's directory entry durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
-}
+	"standby/internal/fsutil"
+)
+
+func fdatasync(f *os.File) error { return fsutil.Datasync(f) }
+func lockFile(f *os.File) error  { return fsutil.Lock(f) }
+func syncDir(dir string) error   { return fsutil.SyncDir(dir) }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"standby/internal/fsutil"
 	"standby/internal/wire"
 )
 
@@ -424,11 +425,7 @@ func (m *machine) writeCheckpoint(cp checkpoint) error {
 		err = os.Rename(tmp, p)
 	}
 	if err == nil {
-		var d *os.File
-		if d, err = os.Open(m.dir); err == nil {
-			err = d.Sync()
-			d.Close()
-		}
+		err = fsutil.SyncDir(m.dir)
 	}
 	if err != nil {
 		return fmt.Errorf("writing checkpoint of %s: %w", m.name, err)

@@ -1,4 +1,7 @@
-package seglog
+// Package fsutil holds the few file-system calls every durable store of
+// standby needs: fdatasync, directory fsync and a lock that dies with its
+// owner.
+package fsutil
 
 import (
 	"errors"
@@ -7,9 +10,12 @@ import (
 	"syscall"
 )
 
-// fdatasync flushes a segment's data and the metadata needed to read it back
+// ErrLocked means another process holds the lock.
+var ErrLocked = errors.New("held by another process")
+
+// Datasync flushes a file's data and the metadata needed to read it back
 // (its size), without the inode timestamps a full fsync would also write.
-func fdatasync(f *os.File) error {
+func Datasync(f *os.File) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
@@ -31,9 +37,9 @@ func fdatasync(f *os.File) error {
 	return nil
 }
 
-// lockFile takes an exclusive advisory lock that the kernel drops when the
-// process dies, so a crashed owner never blocks recovery.
-func lockFile(f *os.File) error {
+// Lock takes an exclusive advisory lock without waiting; the kernel drops
+// it when the process dies, so a crashed owner never blocks recovery.
+func Lock(f *os.File) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
@@ -45,7 +51,7 @@ func lockFile(f *os.File) error {
 		return err
 	}
 	if errors.Is(lerr, syscall.EWOULDBLOCK) {
-		return fmt.Errorf("%s is held by another process", f.Name())
+		return fmt.Errorf("%s is %w", f.Name(), ErrLocked)
 	}
 	return lerr
 }

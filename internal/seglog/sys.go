@@ -1,0 +1,10 @@
+package seglog
+
+import (
+	"os"
+
+	"standby/internal/fsutil"
+)
+
+func fdatasync(f *os.File) error { return fsutil.Datasync(f) }
+func lockFile(f *os.File) error  { return fsutil.Lock(f) }
