@@ -167,12 +167,16 @@ func exportCmd() *cobra.Command {
 			if err := statusapi.Call(cmd.Context(), f.addr, "POST", "/machines/"+url.PathEscape(f.machine)+"/exports", req, &job); err != nil {
 				return err
 			}
+			// Poll quickly at first, so a short export is not padded by the
+			// polling interval, then settle at 200ms.
+			wait := 10 * time.Millisecond
 			for !job.Done {
 				select {
 				case <-cmd.Context().Done():
 					return cmd.Context().Err()
-				case <-time.After(200 * time.Millisecond):
+				case <-time.After(wait):
 				}
+				wait = min(wait*2, 200*time.Millisecond)
 				if err := statusapi.Call(cmd.Context(), f.addr, "GET", "/exports/"+job.ID, nil, &job); err != nil {
 					return err
 				}
