@@ -36,7 +36,8 @@ func (m *machine) runApply(ctx context.Context) {
 		b   wire.Batch
 		err error
 	}
-	entries := make(chan item, 64)
+	// Bounded so read-ahead holds at most a few batches (8 MiB each) in memory.
+	entries := make(chan item, 8)
 	go func() {
 		defer close(entries)
 		for {
