@@ -45,7 +45,7 @@ while [ $# -gt 0 ]; do
 	--compression) COMPRESSION=$2; shift ;;
 	--port) BASE_PORT=$2; shift ;;
 	--keep) KEEP=1 ;;
-	-h | --help) sed -n '2,24p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 	shift
@@ -581,11 +581,15 @@ bench_go() {
 START_NS=$(now_ns)
 log "standby benchmarks: $( [ "$QUICK" = 1 ] && echo quick || echo full ), revision $GITREV ($GITDIRTY changed files), out $OUT, work $WORK, load $(loadavg)"
 drop_caches
-phase() { log "-- phase done after $(calc "$(secs_since "$START_NS")/60" 1) min"; }
-if want initial; then bench_initial; phase; fi
-if want intercept; then bench_intercept; phase; fi
-if want churn; then bench_churn; phase; fi
-if want catchup; then bench_catchup; phase; fi
+LOADS=()
+phase() {
+	LOADS+=("$1 $(loadavg)")
+	log "-- $1 done after $(calc "$(secs_since "$START_NS")/60" 1) min, load average $(loadavg)"
+}
+if want initial; then bench_initial; phase initial; fi
+if want intercept; then bench_intercept; phase intercept; fi
+if want churn; then bench_churn; phase churn; fi
+if want catchup; then bench_catchup; phase catchup; fi
 if want go; then bench_go; fi
 TOTAL=$(secs_since "$START_NS")
 
@@ -675,6 +679,8 @@ RES=$OUT/results.md
 		echo '```'
 		echo
 	fi
+	echo "Load average (1, 5, 15 min) at the end of each benchmark: $(printf '%s; ' "${LOADS[@]}")"
+	echo
 	echo "Raw figures of every run: results.tsv; timeline: run.log; per-second samples: csv/; fio JSON: fio/; role logs: logs/."
 } >"$RES"
 log "done in $(calc "$TOTAL/60" 1) min; results in $RES"
