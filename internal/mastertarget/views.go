@@ -312,20 +312,30 @@ type ViewRequest struct {
 	Path   string `json:"path,omitempty"`
 }
 
+// pointRequest decodes a view or export request and resolves its machine
+// and point, answering the client itself when either is wrong.
+func (s *Server) pointRequest(w http.ResponseWriter, r *http.Request) (*machine, ViewRequest, points.Point, bool) {
+	var req ViewRequest
+	m, ok := s.lookup(w, r.PathValue("m"))
+	if !ok {
+		return nil, req, points.Point{}, false
+	}
+	if err := decodeBody(r, &req); err != nil {
+		statusapi.ErrorJSON(w, http.StatusBadRequest, err.Error())
+		return nil, req, points.Point{}, false
+	}
+	p, err := m.resolvePoint(req.Point)
+	if err != nil {
+		pointError(w, err)
+		return nil, req, points.Point{}, false
+	}
+	return m, req, p, true
+}
+
 func (s *Server) viewAPI(mux *http.ServeMux) {
 	mux.HandleFunc("POST /machines/{m}/views", func(w http.ResponseWriter, r *http.Request) {
-		m, ok := s.lookup(w, r.PathValue("m"))
+		m, _, p, ok := s.pointRequest(w, r)
 		if !ok {
-			return
-		}
-		var req ViewRequest
-		if err := decodeBody(r, &req); err != nil {
-			statusapi.ErrorJSON(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		p, err := m.resolvePoint(req.Point)
-		if err != nil {
-			pointError(w, err)
 			return
 		}
 		v, err := s.openView(m, p)
@@ -346,18 +356,8 @@ func (s *Server) viewAPI(mux *http.ServeMux) {
 		statusapi.WriteJSON(w, map[string]string{"closed": r.PathValue("id")})
 	})
 	mux.HandleFunc("POST /machines/{m}/exports", func(w http.ResponseWriter, r *http.Request) {
-		m, ok := s.lookup(w, r.PathValue("m"))
+		m, req, p, ok := s.pointRequest(w, r)
 		if !ok {
-			return
-		}
-		var req ViewRequest
-		if err := decodeBody(r, &req); err != nil {
-			statusapi.ErrorJSON(w, http.StatusBadRequest, err.Error())
-			return
-		}
-		p, err := m.resolvePoint(req.Point)
-		if err != nil {
-			pointError(w, err)
 			return
 		}
 		job, err := s.startExport(m, p, req.Disk, req.Format, req.Path)
