@@ -18,6 +18,8 @@
 #                  of the binary)
 #   --port BASE    first of 6 loopback TCP ports to use (default 17900)
 #   --keep         keep the scratch directory
+#   --profile      write each role's Go CPU profile to OUT/pprof/TAG-ROLE.pprof
+#                  (go tool pprof -top standby OUT/pprof/...)
 #
 # The ext4 images built from /usr are cached in WORK/images and reused by
 # later runs (delete them to rebuild); everything else is rebuilt each run.
@@ -35,6 +37,7 @@ ONLY=initial,intercept,churn,catchup,go
 COMPRESSION=adaptive
 BASE_PORT=17900
 KEEP=0
+PROF=
 while [ $# -gt 0 ]; do
 	case $1 in
 	--quick) QUICK=1 ;;
@@ -45,11 +48,17 @@ while [ $# -gt 0 ]; do
 	--compression) COMPRESSION=$2; shift ;;
 	--port) BASE_PORT=$2; shift ;;
 	--keep) KEEP=1 ;;
+	--profile) PROF=1 ;;
 	-h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
 	*) echo "unknown option $1" >&2; exit 2 ;;
 	esac
 	shift
 done
+
+if [ -n "$PROF" ]; then
+	PROF=$OUT/pprof
+	mkdir -p "$PROF"
+fi
 
 if [ "$QUICK" = 1 ]; then
 	INIT_MB=512        # benchmark 1 image
@@ -173,18 +182,18 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 start_mt() { # DIR TAG
-	start_bg mt "$OUT/logs/$2-mt.log" "$SB" master-target --listen 127.0.0.1:$P_MT --data-dir "$1/mt" --status "$MT_S" $(tlsargs master-target-mt1)
+	start_bg mt "$OUT/logs/$2-mt.log" "$SB" ${PROF:+--cpu-profile "$PROF/$2-mt.pprof"} master-target --listen 127.0.0.1:$P_MT --data-dir "$1/mt" --status "$MT_S" $(tlsargs master-target-mt1)
 	"$BU" wait-up "$MT_S"
 }
 start_ps() { # DIR TAG [COMPRESSION]
-	start_bg ps "$OUT/logs/$2-ps.log" "$SB" process-server --listen 127.0.0.1:$P_PS --cache-dir "$1/ps" --master-target 127.0.0.1:$P_MT \
+	start_bg ps "$OUT/logs/$2-ps.log" "$SB" ${PROF:+--cpu-profile "$PROF/$2-ps.pprof"} process-server --listen 127.0.0.1:$P_PS --cache-dir "$1/ps" --master-target 127.0.0.1:$P_MT \
 		--compression "${3:-$COMPRESSION}" --status "$PS_S" $(tlsargs process-server-ps1)
 	"$BU" wait-up "$PS_S"
 }
 start_agent() { # DIR TAG IMAGE [extra agent flags]
 	local dir=$1 tag=$2 img=$3
 	shift 3
-	start_bg agent "$OUT/logs/$tag-agent.log" "$SB" agent --machine bench --state-dir "$dir/agent" --process-server 127.0.0.1:$P_PS \
+	start_bg agent "$OUT/logs/$tag-agent.log" "$SB" ${PROF:+--cpu-profile "$PROF/$tag-agent.pprof"} agent --machine bench --state-dir "$dir/agent" --process-server 127.0.0.1:$P_PS \
 		--disk "disk0=$img" --nbd "unix:$dir/agent.sock" --status "$AG_S" $(tlsargs agent-bench) "$@"
 	"$BU" wait-up "$AG_S"
 }

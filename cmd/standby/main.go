@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"runtime/pprof"
 	"syscall"
 
 	"github.com/spf13/cobra"
@@ -23,8 +24,32 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.PersistentFlags().String("log-level", "info", "log level: debug, info, warn, error")
+	var profile string
+	var profFile *os.File
+	root.PersistentFlags().StringVar(&profile, "cpu-profile", "", "write a Go CPU profile of the whole run to this file (for diagnosing throughput)")
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if profile == "" {
+			return nil
+		}
+		f, err := os.Create(profile)
+		if err != nil {
+			return fmt.Errorf("creating CPU profile: %w", err)
+		}
+		profFile = f
+		return pprof.StartCPUProfile(f)
+	}
+	defer func() {
+		if profFile != nil {
+			pprof.StopCPUProfile()
+			profFile.Close()
+		}
+	}()
 	root.AddCommand(agentCmd(), processServerCmd(), masterTargetCmd(), statusCmd(), verifyCmd(), certsCmd(), demoCmd(), bookmarkCmd(), pointsCmd(), viewCmd(), exportCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
+		if profFile != nil {
+			pprof.StopCPUProfile()
+			profFile.Close()
+		}
 		fmt.Fprintln(os.Stderr, "standby:", err)
 		os.Exit(exitCode(err))
 	}

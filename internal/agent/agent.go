@@ -53,6 +53,8 @@ type Config struct {
 	FreezeTimeout    time.Duration `yaml:"freeze_timeout"`
 	BookmarkInterval time.Duration `yaml:"bookmark_interval"`
 	ResyncChunk      int64         `yaml:"resync_chunk"`
+	// ResyncReaders is how many copy reads run at once per disk (default 4).
+	ResyncReaders int `yaml:"resync_readers"`
 
 	TLS    *tls.Config  `yaml:"-"`
 	Logger *slog.Logger `yaml:"-"`
@@ -85,6 +87,15 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ResyncChunk == 0 {
 		c.ResyncChunk = 4 << 20
+	}
+	if c.ResyncChunk < 4096 || c.ResyncChunk > wire.MaxRecordLength {
+		return fmt.Errorf("agent: resync_chunk %d outside 4 KiB..%d", c.ResyncChunk, wire.MaxRecordLength)
+	}
+	if c.ResyncReaders == 0 {
+		c.ResyncReaders = 4
+	}
+	if c.ResyncReaders < 1 {
+		return fmt.Errorf("agent: resync_readers %d: want at least 1", c.ResyncReaders)
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

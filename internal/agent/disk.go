@@ -200,34 +200,49 @@ func (d *disk) flush() error {
 	return nil
 }
 
-// readCopy reads a range under its region lock and queues it as a copy.
-func (d *disk) readCopy(off, n int64, buf []byte) error {
-	buf = buf[:n]
+// readCopy reads a range under its region lock and queues it as copies.
+// Holes of the source are not read, and zero runs inside what is read
+// travel as ranges, not data, so the replica is as sparse as the source.
+// Reads bypass the page cache (blockdev.ReadDirect) and the records keep
+// slices of the read buffer rather than copies of it.
+func (d *disk) readCopy(off, n int64) error {
 	unlock := d.locks.lock(off, n)
-	if _, err := d.dev.ReadAt(buf, off); err != nil {
-		unlock()
+	defer unlock()
+	err := d.dev.Extents(off, n, func(eo, en int64, data bool) error {
+		if !data {
+			d.a.q.pushCopy(d, wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(eo), Length: uint32(en)})
+			return nil
+		}
+		buf := blockdev.AlignedBuffer(int(en))
+		if _, err := d.dev.ReadDirect(buf, eo); err != nil {
+			return err
+		}
+		const blk = 4096
+		for start := int64(0); start < en; {
+			zero := blockdev.IsZero(buf[start:min(start+blk, en)])
+			end := start + blk
+			for end < en && blockdev.IsZero(buf[end:min(end+blk, en)]) == zero {
+				end += blk
+			}
+			end = min(end, en)
+			r := wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(eo + start), Length: uint32(end - start)}
+			if !zero {
+				r.Op = wire.OpCopy
+				r.Data = buf[start:end]
+				if 4*(end-start) < en {
+					// A small run would pin the whole buffer while queued.
+					r.Data = append([]byte(nil), r.Data...)
+				}
+				d.copiedData.Add(end - start)
+			}
+			d.a.q.pushCopy(d, r)
+			start = end
+		}
+		return nil
+	})
+	if err != nil {
 		d.a.q.requeueCopies()
 		return fmt.Errorf("reading %s at %d for resync: %w", d.cfg.Name, off, err)
 	}
-	// Zero runs inside the chunk travel as ranges, not data, so holes of
-	// the source stay holes in the replica.
-	const blk = 4096
-	for start := int64(0); start < n; {
-		zero := blockdev.IsZero(buf[start:min(start+blk, n)])
-		end := start + blk
-		for end < n && blockdev.IsZero(buf[end:min(end+blk, n)]) == zero {
-			end += blk
-		}
-		end = min(end, n)
-		r := wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(off + start), Length: uint32(end - start)}
-		if !zero {
-			r.Op = wire.OpCopy
-			r.Data = append([]byte(nil), buf[start:end]...)
-			d.copiedData.Add(end - start)
-		}
-		d.a.q.pushCopy(d, r)
-		start = end
-	}
-	unlock()
 	return nil
 }

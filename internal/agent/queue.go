@@ -330,8 +330,15 @@ func (q *queue) nextBatch(ctx context.Context, maxBytes int) (wire.Batch, error)
 	}
 	var b wire.Batch
 	size := 0
+	// A batch holds either copies only or no copies: the process server and
+	// master target pass copy batches by their durable logs (internal/relay),
+	// which only works for whole batches.
+	copies := !q.recs[q.sent].Op.Captured()
 	for q.sent < len(q.recs) && (size == 0 || size+len(q.recs[q.sent].Data) <= maxBytes) && len(b.Records) < 65536 {
 		r := q.recs[q.sent].Record
+		if !r.Op.Captured() != copies {
+			break
+		}
 		b.Records = append(b.Records, r)
 		size += len(r.Data) + 24
 		q.sent++

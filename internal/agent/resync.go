@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"encoding/json"
+	"sync"
 	"time"
 
 	"standby/internal/capture"
@@ -15,9 +16,20 @@ func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
 // gap or a crash left) while the workload goes on writing. A range stays
 // in flight until the master target confirms it durable; when nothing is
 // dirty or in flight any more, SyncDone tells the master target the replica
-// is consistent again.
+// is consistent again. Several readers work at once: a catch-up after an
+// outage reads scattered blocks, and one read at a time leaves the disk
+// idle between them.
 func (d *disk) runResync(ctx context.Context) error {
-	buf := make([]byte, d.a.cfg.ResyncChunk)
+	work := make(chan struct{}, d.a.cfg.ResyncReaders)
+	var wg sync.WaitGroup
+	for range d.a.cfg.ResyncReaders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d.resyncReader(ctx, work)
+		}()
+	}
+	defer wg.Wait()
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	var lastDone int64
@@ -32,17 +44,11 @@ func (d *disk) runResync(ctx context.Context) error {
 			lastDone, lastAt = done, now
 		}
 		if d.tracker.DirtyBytes()-d.tracker.InflightBytes() > 0 && d.a.isConnected() {
-			if err := d.a.q.waitCopyRoom(ctx, d.a.cfg.ResyncChunk); err != nil {
-				return nil
-			}
-			off, n, ok := d.tracker.TakeDirty(d.a.cfg.ResyncChunk)
-			if ok {
-				if err := d.readCopy(off, n, buf); err != nil {
-					d.lastErr.Store(err.Error())
-					d.a.log.Error("resync read failed", "disk", d.cfg.Name, "err", err)
-					sleepCtx(ctx, time.Second)
+			for range cap(work) {
+				select {
+				case work <- struct{}{}:
+				default:
 				}
-				continue
 			}
 		}
 		d.a.q.mu.Lock()
@@ -63,6 +69,30 @@ func (d *disk) runResync(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// resyncReader takes dirty runs and queues them as copies for as long as
+// there are any, then waits to be told there is work again.
+func (d *disk) resyncReader(ctx context.Context, work <-chan struct{}) {
+	for ctx.Err() == nil {
+		if d.a.isConnected() {
+			if err := d.a.q.waitCopyRoom(ctx, d.a.cfg.ResyncChunk); err != nil {
+				return
+			}
+			if off, n, ok := d.tracker.TakeDirty(d.a.cfg.ResyncChunk); ok {
+				if err := d.readCopy(off, n); err != nil {
+					d.lastErr.Store(err.Error())
+					d.a.log.Error("resync read failed", "disk", d.cfg.Name, "err", err)
+					sleepCtx(ctx, time.Second)
+				}
+				continue
+			}
+		}
+		select {
+		case <-ctx.Done():
+		case <-work:
+		}
+	}
 }
 
 // copiedTotal is how far the current sync is.

@@ -38,6 +38,7 @@ type Disk struct {
 	// sector is the logical block size of a block device; discard and
 	// zero-out ioctls reject ranges not aligned to it.
 	sector int64
+	direct directFD
 }
 
 // Open opens path (a regular file or block device). The size of a file comes
@@ -372,6 +373,7 @@ func (d *Disk) Extents(off, n int64, fn func(off, n int64, data bool) error) err
 // Close releases the descriptor. It does not sync; call Sync first if the
 // caller's contract requires durability.
 func (d *Disk) Close() error {
+	d.closeDirect()
 	if err := d.f.Close(); err != nil {
 		return fmt.Errorf("blockdev: closing %s: %w", d.path, err)
 	}

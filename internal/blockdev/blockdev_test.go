@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"unsafe"
 )
 
 func newFile(t *testing.T, size int64) string {
@@ -431,4 +432,42 @@ func losetup(t *testing.T, file string) string {
 		}
 	})
 	return dev
+}
+
+// An uncached read must see buffered writes not yet written back, and
+// unaligned requests must still be served (through the cache).
+func TestReadDirectSeesBufferedWrites(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "d.img")
+	if err := Create(p, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	want := bytes.Repeat([]byte("standby!"), 64<<10/8)
+	if _, err := d.WriteAt(want, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	got := AlignedBuffer(len(want))
+	if uintptr(unsafe.Pointer(&got[0]))%DirectAlign != 0 {
+		t.Fatal("AlignedBuffer is not aligned")
+	}
+	if _, err := d.ReadDirect(got, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("uncached read missed a buffered write")
+	}
+	odd := make([]byte, 1000)
+	if _, err := d.ReadDirect(odd, 1<<20+8); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(odd, want[8:1008]) {
+		t.Fatal("unaligned read returned wrong data")
+	}
+	if _, err := d.ReadDirect(make([]byte, 4096), 8<<20); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("read past the end: %v", err)
+	}
 }

@@ -3,12 +3,14 @@ package mastertarget
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"time"
 
 	"standby/internal/fsutil"
+	"standby/internal/relay"
 	"standby/internal/wire"
 )
 
@@ -25,13 +27,12 @@ func (m *machine) runApply(ctx context.Context) {
 	m.mu.Lock()
 	from := m.live.AppliedSeq + 1
 	m.mu.Unlock()
-	r := m.intake.NewReader(from)
-	defer r.Close()
 	lastSync := time.Now()
 	var unsynced int64
 	// Entries are read ahead by a goroutine so that waiting for an epoch
 	// marker and waiting for new entries can be told apart, and so that
-	// several batches can be applied under one journal fsync.
+	// several batches can be applied under one journal fsync. It merges
+	// the intake log with the relayed copies, in sequence order.
 	type item struct {
 		b   wire.Batch
 		err error
@@ -40,13 +41,11 @@ func (m *machine) runApply(ctx context.Context) {
 	entries := make(chan item, 8)
 	go func() {
 		defer close(entries)
-		for {
-			e, err := r.Next(ctx)
-			if err != nil {
-				entries <- item{err: err}
-				return
+		err := relay.Merge(ctx, m.intake, m.relay, from, func(e relay.Entry) error {
+			data := e.Data
+			if e.FromLog {
+				data = append([]byte(nil), e.Data...) // the log reader reuses its buffer
 			}
-			data := append([]byte(nil), e.Data...)
 			b, err := wire.DecodeBatch(data)
 			if err != nil {
 				err = fmt.Errorf("intake entry %d..%d: %w", e.First, e.Last, err)
@@ -54,7 +53,17 @@ func (m *machine) runApply(ctx context.Context) {
 			select {
 			case entries <- item{b: b, err: err}:
 			case <-ctx.Done():
-				return
+				return ctx.Err()
+			}
+			if err != nil {
+				return errReported
+			}
+			return nil
+		})
+		if err != nil && err != errReported && ctx.Err() == nil {
+			select {
+			case entries <- item{err: err}:
+			case <-ctx.Done():
 			}
 		}
 	}()
@@ -169,6 +178,9 @@ func (m *machine) runApply(ctx context.Context) {
 		}
 	}
 }
+
+// errReported ends the read-ahead after it has passed an error on.
+var errReported = errors.New("reported")
 
 // readyPrefix counts the records at the head of recs that may be applied
 // now: those inside a closed epoch, or any while a disk is resyncing (the
@@ -396,7 +408,12 @@ func (m *machine) sync() error {
 	}
 	m.mu.Lock()
 	m.cp = cp
-	m.durable = max(m.durable, cp.AppliedSeq)
+	k := 0
+	for k < len(m.relayOpen) && m.relayOpen[k].last <= cp.AppliedSeq {
+		k++
+	}
+	m.relayOpen = m.relayOpen[k:]
+	m.updateDurableLocked()
 	m.mu.Unlock()
 	if err := m.intake.TrimThrough(cp.AppliedSeq); err != nil {
 		return fmt.Errorf("trimming intake: %w", err)
@@ -473,7 +490,7 @@ func (m *machine) status() MachineStatus {
 		ms.LagSeconds = time.Since(ms.EpochTime).Seconds()
 	}
 	if m.live.AppliedSeq < m.lastSeq {
-		ms.PendingBytes = st.Bytes
+		ms.PendingBytes = st.Bytes + m.relay.Bytes()
 	}
 	for i, d := range m.live.Disks {
 		ds := DiskStatus{Name: d.Name, Size: d.Size, Replica: m.replicaPath(d.Name), Consistent: d.Consistent}

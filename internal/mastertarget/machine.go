@@ -13,6 +13,7 @@ import (
 	"standby/internal/blockdev"
 	"standby/internal/journal"
 	"standby/internal/points"
+	"standby/internal/relay"
 	"standby/internal/seglog"
 	"standby/internal/transport"
 	"standby/internal/wire"
@@ -44,6 +45,7 @@ type machine struct {
 	name    string
 	dir     string
 	intake  *seglog.Log
+	relay   *relay.Queue // copy batches applied without the intake log
 	replica []*blockdev.Disk
 	wg      sync.WaitGroup
 
@@ -53,7 +55,10 @@ type machine struct {
 	live       checkpoint // as applied in memory
 	lastSeq    uint64     // newest seq in intake
 	epochLimit uint64     // newest epoch marker in intake: apply stops there
-	durable    uint64
+	durable    uint64     // everything <= durable survives a crash (acknowledged upstream)
+	intakeLast uint64     // newest seq appended to the intake
+	intakeSync uint64     // intake entries <= intakeSync are fsynced
+	relayOpen  []seqRange // relayed copies not yet covered by a checkpoint, in order
 	session    uint64
 	connected  bool
 	peer       string
@@ -79,7 +84,7 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 		return nil, fmt.Errorf("invalid machine name %q", name)
 	}
 	dir := filepath.Join(s.cfg.DataDir, name)
-	m := &machine{s: s, name: name, dir: dir, notify: make(chan struct{}, 1)}
+	m := &machine{s: s, name: name, dir: dir, notify: make(chan struct{}, 1), relay: relay.NewQueue(max(s.cfg.RelayBytes, 0))}
 	m.cond = sync.NewCond(&m.mu)
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	switch {
@@ -176,6 +181,8 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 	}
 	st := lg.Stats()
 	m.lastSeq = max(st.LastSeq, m.cp.AppliedSeq)
+	m.intakeLast = st.LastSeq
+	m.intakeSync = st.DurableSeq
 	m.durable = max(st.DurableSeq, m.cp.AppliedSeq)
 	// Epoch markers in the intake that were not applied before a restart
 	// must still be honoured: find the newest one.
@@ -406,7 +413,6 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 			buf = wire.AppendBatch(buf[:0], &b)
 			data = buf
 		}
-		needSync = needSync || b.Captured()
 		for i := len(b.Records) - 1; i >= 0; i-- {
 			if b.Records[i].Op.ClosesEpoch() {
 				epoch = b.Records[i].Seq
@@ -415,12 +421,32 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 		}
 		// Group commit, as on the process server.
 		more := c.Buffered() >= wire.HeaderSize && unsynced < 64<<20
-		if err := m.intake.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, needSync && !more); err != nil {
-			if sctx.Err() == nil {
-				lg.Error("writing intake log", "err", err)
-				refuse(c, "intake", err.Error())
-			}
+		relayed, err := m.relayCopies(sctx, &b, data, c, len(data) > 0 && &data[0] == &p[0])
+		if err != nil {
 			return
+		}
+		if relayed {
+			if needSync && !more {
+				if err := m.intake.Sync(); err != nil {
+					if sctx.Err() == nil {
+						lg.Error("syncing intake log", "err", err)
+						refuse(c, "intake", err.Error())
+					}
+					return
+				}
+			}
+		} else {
+			needSync = needSync || b.Captured()
+			if err := m.intake.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, needSync && !more); err != nil {
+				if sctx.Err() == nil {
+					lg.Error("writing intake log", "err", err)
+					refuse(c, "intake", err.Error())
+				}
+				return
+			}
+			m.mu.Lock()
+			m.intakeLast = b.Last
+			m.mu.Unlock()
 		}
 		appended = b.Last
 		unsynced += len(data)
@@ -432,14 +458,73 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 		m.bytesIn += uint64(unsynced)
 		if needSync {
 			// The fsync covered every earlier entry too.
-			m.durable = max(m.durable, appended)
+			m.intakeSync = max(m.intakeSync, appended)
 		}
+		m.updateDurableLocked()
 		m.epochLimit = max(m.epochLimit, epoch)
 		m.cond.Broadcast()
 		m.mu.Unlock()
 		needSync, unsynced = false, 0
 		m.wake()
 	}
+}
+
+type seqRange struct{ first, last uint64 }
+
+// relayWait bounds how long a copy batch waits for room in the relay
+// before it goes to the intake log instead: apply normally frees room in
+// milliseconds, and a relay that stays full must never stop the intake.
+const relayWait = 2 * time.Second
+
+// relayCopies queues a batch of copies for apply without writing it to the
+// intake log. It reports false (log it instead) for captured records, with
+// the relay off, or when the relay stays full.
+// fromFrame says data is the frame payload itself (not re-encoded): the
+// relay then takes the connection's buffer instead of copying it.
+func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c *transport.Conn, fromFrame bool) (bool, error) {
+	if m.s.cfg.RelayBytes <= 0 || b.Captured() {
+		return false, nil
+	}
+	own := data // the frame payload, detached from the connection
+	if fromFrame {
+		c.Detach()
+	} else {
+		own = append([]byte(nil), data...) // re-encoded into a reused buffer
+	}
+	deadline := time.NewTimer(relayWait)
+	defer deadline.Stop()
+	for {
+		ch := m.relay.Changed()
+		m.mu.Lock()
+		it := relay.Item{First: b.First, Last: b.Last, LogBefore: m.intakeLast, Data: own}
+		m.relayOpen = append(m.relayOpen, seqRange{b.First, b.Last})
+		pushed := m.relay.TryPush(it)
+		if !pushed {
+			m.relayOpen = m.relayOpen[:len(m.relayOpen)-1]
+		}
+		m.mu.Unlock()
+		if pushed {
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-deadline.C:
+			return false, nil
+		case <-ch:
+		}
+	}
+}
+
+// updateDurableLocked recomputes what may be acknowledged as durable:
+// everything the last checkpoint covers, and beyond it the fsynced intake
+// up to the first relayed copy not yet checkpointed. Caller holds m.mu.
+func (m *machine) updateDurableLocked() {
+	d := m.intakeSync
+	if len(m.relayOpen) > 0 && m.relayOpen[0].first <= d {
+		d = m.relayOpen[0].first - 1
+	}
+	m.durable = max(m.durable, m.cp.AppliedSeq, d)
 }
 
 // validate checks every record against the replica layout before anything

@@ -35,6 +35,13 @@ type Config struct {
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	// IntakeBytes bounds each machine's intake log.
 	IntakeBytes int64 `yaml:"intake_bytes"`
+	// RelayBytes is the memory per machine for copy batches (initial copy,
+	// resync, scan) waiting to be applied without passing through the
+	// intake log: they become durable only at the checkpoint after their
+	// apply, and a crash loses nothing reported durable (the process server
+	// makes the agent read them again). 0 means 32 MiB; negative turns it
+	// off.
+	RelayBytes int64 `yaml:"relay_bytes"`
 	// PointInterval is the spacing of crash-consistent points (default
 	// 5s, at least 1s). Retention is a thinning grid "INTERVAL:WITHIN,..."
 	// (default "all:1h,10m:24h,1h:168h"); MaxAge drops anything older.
@@ -81,6 +88,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.IntakeBytes == 0 {
 		cfg.IntakeBytes = 8 << 30
+	}
+	if cfg.RelayBytes == 0 {
+		cfg.RelayBytes = 32 << 20
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"standby/internal/relay"
 	"standby/internal/seglog"
 	"standby/internal/transport"
 	"standby/internal/wire"
@@ -14,14 +15,17 @@ import (
 
 // machine is one protected machine's cache and forwarder.
 type machine struct {
-	s    *Server
-	name string
-	log  *seglog.Log
-	wg   sync.WaitGroup
+	s     *Server
+	name  string
+	log   *seglog.Log
+	relay *relay.Queue // copies on their way to the master target, not cached
+	wg    sync.WaitGroup
 
 	mu          sync.Mutex
 	hello       wire.Hello
-	lastSeq     uint64 // newest seq in the cache (dedupes resent records)
+	lastSeq     uint64 // newest seq cached or relayed (dedupes resent records)
+	logLast     uint64 // newest seq appended to the cache
+	relaySent   uint64 // newest relayed seq sent in the current master-target session
 	mtCached    uint64
 	mtDurable   uint64
 	agentConns  int
@@ -173,16 +177,37 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			buf = wire.AppendBatch(buf[:0], &b)
 			data = buf
 		}
-		needSync = needSync || b.Captured()
 		// Group commit: while more frames are already waiting, append
 		// without fsync; one fsync then covers them all before the ack.
 		more := c.Buffered() >= wire.HeaderSize && unsynced < 64<<20
-		if err := m.log.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, needSync && !more); err != nil {
-			if sctx.Err() == nil {
-				lg.Error("caching batch", "err", err)
-				refuse(c, "cache", err.Error())
-			}
+		relayed, err := m.relayCopies(sctx, &b, data, c, len(data) > 0 && &data[0] == &p[0])
+		if err != nil {
 			return
+		}
+		if relayed {
+			if needSync && !more {
+				// The relayed batch ends a group: its cached entries still
+				// need their fsync before the ack covers them.
+				if err := m.log.Sync(); err != nil {
+					if sctx.Err() == nil {
+						lg.Error("syncing cache", "err", err)
+						refuse(c, "cache", err.Error())
+					}
+					return
+				}
+			}
+		} else {
+			needSync = needSync || b.Captured()
+			if err := m.log.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, needSync && !more); err != nil {
+				if sctx.Err() == nil {
+					lg.Error("caching batch", "err", err)
+					refuse(c, "cache", err.Error())
+				}
+				return
+			}
+			m.mu.Lock()
+			m.logLast = b.Last
+			m.mu.Unlock()
 		}
 		appended = b.Last
 		unsynced += len(data)
@@ -197,6 +222,55 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 		needSync, unsynced, bytesIn = false, 0, 0
 		m.wake()
 	}
+}
+
+// relayCopies hands a batch of copies to the forwarder without caching it,
+// waiting for room while the master target is connected. It reports false
+// (cache it instead) for captured records, with the relay off, or while the
+// master target is away: then the cache holds copies as before, bounded by
+// its own limit.
+// fromFrame says data is the frame payload itself (not re-encoded): the
+// relay then takes the connection's buffer instead of copying it.
+func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c *transport.Conn, fromFrame bool) (bool, error) {
+	if m.s.cfg.RelayBytes <= 0 || b.Captured() {
+		return false, nil
+	}
+	var own []byte
+	for {
+		ch := m.relay.Changed()
+		m.mu.Lock()
+		up := m.mtConnected
+		// Every cache entry appended so far precedes the batch.
+		it := relay.Item{First: b.First, Last: b.Last, LogBefore: m.logLast}
+		m.mu.Unlock()
+		if !up {
+			return false, nil
+		}
+		if own == nil {
+			own = ownPayload(data, c, fromFrame)
+		}
+		it.Data = own
+		if m.relay.TryPush(it) {
+			return true, nil
+		}
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-ch:
+		case <-time.After(100 * time.Millisecond): // recheck the master target
+		}
+	}
+}
+
+// ownPayload returns data as a buffer nothing else will reuse: the
+// connection's own read buffer, detached, when data is the frame payload;
+// a copy when it was re-encoded into a reused buffer.
+func ownPayload(data []byte, c *transport.Conn, fromFrame bool) []byte {
+	if fromFrame {
+		c.Detach()
+		return data
+	}
+	return append([]byte(nil), data...)
 }
 
 func (m *machine) startForwarder(ctx context.Context) {
@@ -223,6 +297,9 @@ func (m *machine) runForwarder(ctx context.Context) {
 		err := m.forward(ctx)
 		m.mu.Lock()
 		m.mtConnected = false
+		m.mu.Unlock()
+		m.forgetRelayed()
+		m.mu.Lock()
 		if err != nil {
 			m.mtErr = err.Error()
 		}
@@ -302,39 +379,56 @@ func (m *machine) forward(ctx context.Context) error {
 		}
 	}()
 	go func() { <-sctx.Done(); c.Close() }()
-	r := m.log.NewReader(w.Cached + 1)
-	defer r.Close()
+	var writer sync.WaitGroup
+	writer.Add(1)
 	go func() {
+		defer writer.Done()
 		codec := wire.CodecS2
-		for {
-			e, err := r.Next(sctx)
-			if err != nil {
-				errc <- err
-				return
-			}
+		errc <- relay.Merge(sctx, m.log, m.relay, w.Cached+1, func(e relay.Entry) error {
 			waited := m.s.waitBandwidth(sctx, len(e.Data))
-			if sctx.Err() != nil {
-				errc <- sctx.Err()
-				return
+			if err := sctx.Err(); err != nil {
+				return err
 			}
 			codec = m.s.chooseCodec(codec, waited)
 			if err := c.WriteFrame(wire.TypeBatch, e.Data, codec); err != nil {
-				errc <- err
-				return
+				return err
 			}
 			raw, onWire := c.Counters()
 			m.mu.Lock()
 			m.codec = codec
 			m.rawOut, m.wireOut = raw, onWire
+			if !e.FromLog {
+				m.relaySent = max(m.relaySent, e.Last)
+			}
 			m.mu.Unlock()
-		}
+			return nil
+		})
 	}()
+	err = nil
 	select {
-	case err := <-errc:
-		return err
+	case err = <-errc:
 	case <-ctx.Done():
-		return nil
 	}
+	cancel()
+	c.Close()
+	writer.Wait() // the relay is settled before the caller looks at it
+	return err
+}
+
+// forgetRelayed runs when a master-target session ends. Copies it was sent
+// but has not confirmed durable may be gone with it, and copies still
+// queued would follow a gap: the agent's session is ended so that it
+// forgets every unconfirmed copy and reads those ranges again (copies are
+// never reported durable without being so).
+func (m *machine) forgetRelayed() {
+	dropped := m.relay.Reset()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if dropped > 0 || m.relaySent > m.mtDurable {
+		m.s.log.Warn("master-target session ended with relayed copies unconfirmed: the agent will read them again", "machine", m.name, "queued", dropped, "sent_seq", m.relaySent, "durable_seq", m.mtDurable)
+		m.session++
+	}
+	m.relaySent = 0
 }
 
 // ackFromMT records master-target progress and drops what it has durably.
@@ -362,7 +456,7 @@ func (m *machine) status() MachineStatus {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	ms := MachineStatus{Machine: m.name, AgentConnected: m.agentConns > 0, MTConnected: m.mtConnected, MTError: m.mtErr,
-		CacheBytes: st.Bytes, CacheLimit: m.s.cfg.CacheBytes, LastSeq: m.lastSeq, ForwardedSeq: m.mtCached, DurableSeq: m.mtDurable,
+		CacheBytes: st.Bytes, RelayBytes: m.relay.Bytes(), CacheLimit: m.s.cfg.CacheBytes, LastSeq: m.lastSeq, ForwardedSeq: m.mtCached, DurableSeq: m.mtDurable,
 		Codec: m.codec.String(), BytesIn: m.bytesIn, BytesOut: m.wireOut}
 	if m.s.cfg.CacheBytes > 0 {
 		ms.CacheFill = float64(st.Bytes) / float64(m.s.cfg.CacheBytes)

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"standby/internal/pki"
+	"standby/internal/relay"
 	"standby/internal/seglog"
 	"standby/internal/statusapi"
 	"standby/internal/transport"
@@ -36,6 +37,12 @@ type Config struct {
 	// CacheBytes bounds each machine's cache; when full, agents are slowed
 	// (backpressure) and eventually fall back to their dirty bitmaps.
 	CacheBytes int64 `yaml:"cache_bytes"`
+	// RelayBytes is the memory per machine for copy batches (initial copy,
+	// resync, scan) forwarded without passing through the cache: they can
+	// be read again from the source, so they need not be durable here.
+	// When it is full or the master target is away, copies go through the
+	// cache like captured writes. 0 means 32 MiB; negative turns it off.
+	RelayBytes int64 `yaml:"relay_bytes"`
 	// Compression: none, s2, zstd or adaptive (zstd while the link is the
 	// bottleneck, s2 while the CPU is).
 	Compression string `yaml:"compression"`
@@ -53,6 +60,8 @@ type Server struct {
 	cfg     Config
 	log     *slog.Logger
 	limiter *rate.Limiter
+	// loopbackMT: the master target is on this machine (see chooseCodec).
+	loopbackMT bool
 
 	mu       sync.Mutex
 	machines map[string]*machine
@@ -68,6 +77,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.CacheBytes == 0 {
 		cfg.CacheBytes = 2 << 30
 	}
+	if cfg.RelayBytes == 0 {
+		cfg.RelayBytes = 32 << 20
+	}
 	if cfg.Compression == "" {
 		cfg.Compression = "adaptive"
 	}
@@ -82,7 +94,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Name == "" {
 		cfg.Name = "ps"
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "process-server"), machines: map[string]*machine{}}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "process-server"), machines: map[string]*machine{}, loopbackMT: isLoopback(cfg.MasterTarget)}
 	if cfg.BandwidthLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), int(max(cfg.BandwidthLimit/10, 8<<20)))
 	}
@@ -210,7 +222,7 @@ func (s *Server) openMachine(h wire.Hello) (*machine, error) {
 		return nil, fmt.Errorf("opening cache of %s: %w", h.Machine, err)
 	}
 	st := lg.Stats()
-	m := &machine{s: s, name: h.Machine, hello: h, log: lg, lastSeq: st.LastSeq, notify: make(chan struct{}, 1)}
+	m := &machine{s: s, name: h.Machine, hello: h, log: lg, relay: relay.NewQueue(max(s.cfg.RelayBytes, 0)), lastSeq: st.LastSeq, logLast: st.LastSeq, notify: make(chan struct{}, 1)}
 	s.machines[h.Machine] = m
 	if s.runCtx != nil {
 		// Run already started: start forwarding now (Run starts the others).
@@ -297,6 +309,7 @@ type MachineStatus struct {
 	CacheBytes       int64   `json:"cache_bytes"`
 	CacheLimit       int64   `json:"cache_limit_bytes"`
 	CacheFill        float64 `json:"cache_fill"`
+	RelayBytes       int64   `json:"relay_bytes"` // copies held in memory on their way out
 	LastSeq          uint64  `json:"last_seq"`
 	ForwardedSeq     uint64  `json:"forwarded_seq"`
 	DurableSeq       uint64  `json:"durable_seq"`

@@ -179,6 +179,9 @@ type Conn struct {
 	zdec *zstd.Decoder
 	rbuf []byte
 	dbuf []byte
+	// lastDecoded says the last payload ReadFrame returned lives in dbuf
+	// (it was compressed), not in rbuf.
+	lastDecoded bool
 
 	// Counters for reporting compression ratio; guarded by wmu.
 	rawOut, wireOut uint64
@@ -273,7 +276,19 @@ func (c *Conn) ReadFrame() (Type, []byte, error) {
 	if err != nil {
 		return 0, nil, err
 	}
+	c.lastDecoded = h.Codec != CodecNone
 	return h.Type, payload, nil
+}
+
+// Detach hands the payload of the last ReadFrame to the caller for good:
+// the connection reads the next frame into a new buffer. It saves a copy
+// where a payload must outlive the next read (copies relayed in memory).
+func (c *Conn) Detach() {
+	if c.lastDecoded {
+		c.dbuf = nil
+	} else {
+		c.rbuf = nil
+	}
 }
 
 func (c *Conn) decodeBody(h Header, body []byte) ([]byte, error) {

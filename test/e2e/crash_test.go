@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -128,4 +129,46 @@ func TestKill9EveryRole(t *testing.T) {
 	}
 	t.Logf("%d writes acknowledged, %d failed at crashes", w.acked.Load(), w.fails.Load())
 	c.waitIdentical(3 * time.Minute)
+}
+
+// Copies pass the process server's cache and the master target's intake
+// in memory (internal/relay): a crash of either during the initial copy
+// loses relayed copies that were never reported durable. The agent must
+// read them again, so the replica still converges byte-identical, with
+// writes going on throughout.
+func TestKill9DuringInitialCopy(t *testing.T) {
+	const size = 1 << 30
+	c := newCluster(t, []int64{size})
+	fillRandom(t, c.disks[0], 11, 900)
+	c.startAll()
+	w := startWriter(t, c, 1, size, uint64(time.Now().UnixNano()))
+	progress := func() float64 {
+		st, err := c.agentStatus()
+		if err != nil || len(st.Disks) == 0 || st.Disks[0].SyncTotal == 0 {
+			return 0
+		}
+		return float64(st.Disks[0].SyncDone) / float64(st.Disks[0].SyncTotal)
+	}
+	for _, step := range []struct {
+		at float64
+		p  *proc
+	}{{0.1, c.mt}, {0.35, c.ps}, {0.6, c.mt}} {
+		waitFor(t, fmt.Sprintf("initial copy at %.0f%%", 100*step.at), 3*time.Minute, func() bool { return progress() >= step.at })
+		st, _ := c.agentStatus()
+		if st.Disks[0].State != "initial-sync" {
+			t.Logf("initial copy finished before the kill of %s", step.p.name)
+		}
+		step.p.kill9()
+		t.Logf("killed %s at %.0f%% of the initial copy", step.p.name, 100*progress())
+		time.Sleep(300 * time.Millisecond)
+		step.p.start()
+	}
+	time.Sleep(time.Second)
+	w.finish()
+	c.waitIdentical(5 * time.Minute)
+	// The first kill came with copies in flight through the relay: the
+	// process server must have made the agent read them again.
+	if !logContains(c.ps.log, "relayed copies unconfirmed") {
+		t.Fatal("no master-target session ended with relayed copies in flight: the test did not exercise the relay")
+	}
 }

@@ -1,0 +1,98 @@
+package blockdev
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// DirectAlign is the alignment of offsets, lengths and buffers that
+// ReadDirect passes to the kernel uncached.
+const DirectAlign = 4096
+
+// directFD is a second descriptor of the disk opened with O_DIRECT, for
+// bulk copy reads: reading a whole disk through the page cache costs more
+// CPU than the rest of the agent's copy path together (profiled in
+// docs/benchmarks.md), evicts the workload's cache, and the data is read
+// exactly once. The kernel writes back dirty cached pages of the range
+// before an O_DIRECT read, so such a read sees every earlier buffered
+// write.
+type directFD struct {
+	once sync.Once
+	f    *os.File
+	mu   sync.Mutex
+	off  bool // O_DIRECT unavailable or refused: use the cached descriptor
+}
+
+// AlignedBuffer returns a zeroed buffer of n bytes whose start is aligned
+// for ReadDirect.
+func AlignedBuffer(n int) []byte {
+	b := make([]byte, n+DirectAlign)
+	k := int(uintptr(unsafe.Pointer(&b[0])) & (DirectAlign - 1))
+	if k != 0 {
+		k = DirectAlign - k
+	}
+	return b[k : k+n : k+n]
+}
+
+// ReadDirect fills p from off like ReadAt, bypassing the page cache when
+// the file system, the alignment of p and off, and the length allow it,
+// and through the cache otherwise.
+func (d *Disk) ReadDirect(p []byte, off int64) (int, error) {
+	if err := d.checkRange("read", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	f := d.directFile()
+	if f == nil || len(p) == 0 || off%DirectAlign != 0 || len(p)%DirectAlign != 0 ||
+		uintptr(unsafe.Pointer(&p[0]))&(DirectAlign-1) != 0 {
+		return d.ReadAt(p, off)
+	}
+	n, err := f.ReadAt(p, off)
+	if errors.Is(err, unix.EINVAL) {
+		// Some file systems accept O_DIRECT at open and refuse the I/O.
+		d.direct.mu.Lock()
+		d.direct.off = true
+		d.direct.mu.Unlock()
+		return d.ReadAt(p, off)
+	}
+	if err != nil {
+		return n, fmt.Errorf("blockdev: reading %d bytes at %d from %s uncached: %w", len(p), off, d.path, err)
+	}
+	return n, nil
+}
+
+func (d *Disk) directFile() *os.File {
+	d.direct.once.Do(func() {
+		f, err := os.OpenFile(d.path, os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+		d.direct.mu.Lock()
+		defer d.direct.mu.Unlock()
+		switch {
+		case err != nil:
+			d.direct.off = true
+		case d.direct.off: // closed meanwhile
+			f.Close()
+		default:
+			d.direct.f = f
+		}
+	})
+	d.direct.mu.Lock()
+	defer d.direct.mu.Unlock()
+	if d.direct.off {
+		return nil
+	}
+	return d.direct.f
+}
+
+func (d *Disk) closeDirect() {
+	d.direct.mu.Lock()
+	defer d.direct.mu.Unlock()
+	if d.direct.f != nil {
+		d.direct.f.Close()
+		d.direct.f = nil
+	}
+	d.direct.off = true
+}
