@@ -197,9 +197,9 @@ start_agent() { # DIR TAG IMAGE [extra agent flags]
 		--disk "disk0=$img" --nbd "unix:$dir/agent.sock" --status "$AG_S" $(tlsargs agent-bench) "$@"
 	"$BU" wait-up "$AG_S"
 }
-start_monitor() { # TAG [with-agent]
+start_monitor() { # TAG [with-agent [monitor flags]]
 	local args=(--csv "$OUT/csv/$1.csv")
-	[ "${2:-}" = agent ] && args+=(--agent "$AG_S")
+	[ "${2:-}" = agent ] && args+=(--agent "$AG_S" "${@:3}")
 	[ -n "${PIDS[agent]:-}" ] && args+=(--pid "agent=${PIDS[agent]}")
 	[ -n "${PIDS[ps]:-}" ] && args+=(--pid "ps=${PIDS[ps]}")
 	[ -n "${PIDS[mt]:-}" ] && args+=(--pid "mt=${PIDS[mt]}")
@@ -546,7 +546,7 @@ bench_catchup() {
 	drop_caches
 	s=$(now_ns)
 	start_ps "$dir" b3-restart
-	start_monitor b3-catchup agent
+	start_monitor b3-catchup agent --interval 250ms
 	line=$(wait_sync --start "$s" --timeout 20m) || die "catch-up did not finish"
 	msum=$(stop_monitor)
 	note_mem "3.catchup" "$msum"

@@ -294,7 +294,7 @@ func monitor(args []string) error {
 		defer f.Close()
 		csv = f
 	}
-	hdr := "t,lag_s,queue_bytes,bitmap_mode,overflows,state,connected"
+	hdr := "t,lag_s,queue_bytes,bitmap_mode,overflows,state,connected,dirty_bytes,unconfirmed_seqs"
 	for _, p := range procs {
 		hdr += ",rss_kib_" + p.name
 	}
@@ -325,15 +325,17 @@ func monitor(args []string) error {
 				bitmapSeen = bitmapSeen || a.BitmapMode
 				disconnected = disconnected || !a.Connected
 				st := ""
+				var dirty int64
 				for _, d := range a.Disks {
 					st += d.State + ";"
+					dirty += d.DirtyBytes
 				}
-				line += fmt.Sprintf(",%.3f,%d,%v,%d,%s,%v", a.LagSeconds, a.QueueBytes, a.BitmapMode, a.Overflows, strings.TrimSuffix(st, ";"), a.Connected)
+				line += fmt.Sprintf(",%.3f,%d,%v,%d,%s,%v,%d,%d", a.LagSeconds, a.QueueBytes, a.BitmapMode, a.Overflows, strings.TrimSuffix(st, ";"), a.Connected, dirty, a.LastSeq-min(a.DurableSeq, a.LastSeq))
 			} else {
-				line += ",,,,,,"
+				line += ",,,,,,,,"
 			}
 		} else {
-			line += ",,,,,,"
+			line += ",,,,,,,,"
 		}
 		for _, p := range procs {
 			rss, hwm, err := procKiB(p.pid)

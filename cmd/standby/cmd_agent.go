@@ -62,6 +62,7 @@ func agentCmd() *cobra.Command {
 	f.StringArrayVar(&disks, "disk", nil, "protected disk NAME=PATH[,mode=scan][,interval=30s] (repeatable)")
 	f.Int64Var(&c.QueueBytes, "queue-bytes", 0, "in-memory change queue bound before bitmap fallback (default 128 MiB)")
 	f.DurationVar(&c.EpochInterval, "epoch-interval", 0, "crash-consistent marker interval when the workload does not flush (default 1s)")
+	f.IntVar(&c.ResyncReaders, "resync-readers", 0, "copy reads in flight per disk during initial copy and resync (default 16)")
 	f.StringArrayVar(&freeze, "freeze-hook", nil, "shell command freezing an application for app-consistent bookmarks (repeatable, paired with --thaw-hook)")
 	f.StringArrayVar(&thaw, "thaw-hook", nil, "shell command thawing it again")
 	f.DurationVar(&c.FreezeTimeout, "freeze-timeout", 0, "longest time writes are held for a bookmark; past it the agent thaws and reports failure (default 500ms)")

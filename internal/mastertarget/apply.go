@@ -280,6 +280,19 @@ func (m *machine) preserve(recs []wire.Record) error {
 	}
 	applied := m.live.AppliedSeq
 	m.mu.Unlock()
+	// Start reading every before-image of the run at once: the reads below
+	// then find them cached instead of waiting for the disk one by one.
+	if len(recs) > 1 {
+		sy := append([]bool(nil), synced...)
+		for _, rec := range recs {
+			if rec.Op == wire.OpSyncDone {
+				sy[rec.Disk] = true
+			}
+			if rec.Seq > applied && rec.Seq > last && rec.Op.Modifies() && sy[rec.Disk] {
+				m.replica[rec.Disk].Prefetch(int64(rec.Offset), int64(rec.Length))
+			}
+		}
+	}
 	preserved := false
 	for _, rec := range recs {
 		if rec.Op == wire.OpSyncDone {
