@@ -37,13 +37,17 @@ type DiskConfig struct {
 
 // Config is the agent's configuration.
 type Config struct {
-	Machine       string        `yaml:"machine"`
-	StateDir      string        `yaml:"state_dir"`
-	ProcessServer string        `yaml:"process_server"`
-	NBDListen     []string      `yaml:"nbd_listen"` // unix:PATH or tcp:HOST:PORT
-	StatusListen  string        `yaml:"status_listen"`
-	Disks         []DiskConfig  `yaml:"disks"`
-	QueueBytes    int64         `yaml:"queue_bytes"`
+	Machine       string       `yaml:"machine"`
+	StateDir      string       `yaml:"state_dir"`
+	ProcessServer string       `yaml:"process_server"`
+	NBDListen     []string     `yaml:"nbd_listen"` // unix:PATH or tcp:HOST:PORT
+	StatusListen  string       `yaml:"status_listen"`
+	Disks         []DiskConfig `yaml:"disks"`
+	QueueBytes    int64        `yaml:"queue_bytes"`
+	// QueueHold is how long a write may wait for room in a full queue
+	// (and the most waited in any second) before the agent falls back to
+	// its dirty bitmap: default 200ms, negative for none.
+	QueueHold     time.Duration `yaml:"queue_hold"`
 	EpochInterval time.Duration `yaml:"epoch_interval"`
 	BatchBytes    int           `yaml:"batch_bytes"`
 	// Hooks freeze applications for app-consistent bookmarks;
@@ -77,6 +81,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.QueueBytes == 0 {
 		c.QueueBytes = 128 << 20
+	}
+	if c.QueueHold == 0 {
+		c.QueueHold = 200 * time.Millisecond
 	}
 	if c.EpochInterval == 0 {
 		c.EpochInterval = time.Second
@@ -155,7 +162,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("role", "agent", "machine", cfg.Machine), q: newQueue(boot, cfg.QueueBytes)}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("role", "agent", "machine", cfg.Machine), q: newQueue(boot, cfg.QueueBytes, cfg.QueueHold)}
 	for i, dc := range cfg.Disks {
 		d, err := a.openDisk(uint16(i), dc)
 		if err != nil {

@@ -39,6 +39,15 @@ type queue struct {
 	bitmapMode bool   // overflowed: captured writes only mark dirty until drained
 	overflows  uint64 // times the queue overflowed
 
+	// A full queue holds a write for at most holdMax, and for at most
+	// holdBudget per second in all, before it overflows: long enough to
+	// ride out a slow fsync downstream, never long enough to tie the
+	// workload to the replication link.
+	holdMax, holdBudget time.Duration
+	holdWindow          time.Time
+	heldInWindow        time.Duration
+	holds               uint64 // writes that were held
+
 	// timeline samples (seq, time) so lag can be told without a timestamp per record.
 	timeline []stamp
 
@@ -60,8 +69,8 @@ type copyRef struct {
 	n    int64
 }
 
-func newQueue(boot uint64, limit int64) *queue {
-	q := &queue{boot: boot, limit: limit}
+func newQueue(boot uint64, limit int64, holdMax time.Duration) *queue {
+	q := &queue{boot: boot, limit: limit, holdMax: holdMax, holdBudget: holdMax}
 	q.cond = sync.NewCond(&q.mu)
 	return q
 }
@@ -88,7 +97,11 @@ func (q *queue) nextSeqLocked() uint64 {
 func (q *queue) pushCaptured(d *disk, r wire.Record) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if !q.bitmapMode && q.bytes+int64(len(r.Data))+64 > q.limit {
+	need := int64(len(r.Data)) + 64
+	if !q.bitmapMode && q.bytes+need > q.limit {
+		q.holdLocked(need)
+	}
+	if !q.bitmapMode && q.bytes+need > q.limit {
 		q.overflowLocked()
 	}
 	if q.bitmapMode {
@@ -102,6 +115,34 @@ func (q *queue) pushCaptured(d *disk, r wire.Record) bool {
 	q.bytes += int64(len(r.Data)) + 64
 	q.cond.Broadcast()
 	return true
+}
+
+// holdLocked waits, within the hold bounds, for room for need bytes.
+// Caller holds q.mu (cond.Wait releases it meanwhile).
+func (q *queue) holdLocked(need int64) {
+	if q.holdMax <= 0 || q.closed {
+		return
+	}
+	now := time.Now()
+	if now.Sub(q.holdWindow) >= time.Second {
+		q.holdWindow, q.heldInWindow = now, 0
+	}
+	left := min(q.holdMax, q.holdBudget-q.heldInWindow)
+	if left <= 0 {
+		return
+	}
+	q.holds++
+	deadline := now.Add(left)
+	t := time.AfterFunc(left, func() {
+		q.mu.Lock()
+		q.cond.Broadcast()
+		q.mu.Unlock()
+	})
+	defer t.Stop()
+	for !q.closed && !q.bitmapMode && q.bytes+need > q.limit && time.Now().Before(deadline) {
+		q.cond.Wait()
+	}
+	q.heldInWindow += time.Since(now)
 }
 
 // waitCopyRoom waits while the queue is over half full, so copies never
@@ -368,14 +409,14 @@ type queueStats struct {
 	LastSeq, Cached, Durable uint64
 	Lag                      time.Duration
 	BitmapMode               bool
-	Overflows                uint64
+	Overflows, Holds         uint64
 	InflightCopies           int
 }
 
 func (q *queue) stats() queueStats {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	s := queueStats{Bytes: q.bytes, Copies: q.copies, Records: len(q.recs) - q.head, LastSeq: q.lastSeq, Cached: q.cached, Durable: q.durable, BitmapMode: q.bitmapMode, Overflows: q.overflows, InflightCopies: len(q.inflight)}
+	s := queueStats{Bytes: q.bytes, Copies: q.copies, Records: len(q.recs) - q.head, LastSeq: q.lastSeq, Cached: q.cached, Durable: q.durable, BitmapMode: q.bitmapMode, Overflows: q.overflows, Holds: q.holds, InflightCopies: len(q.inflight)}
 	if q.durable < q.lastSeq && len(q.timeline) > 0 {
 		s.Lag = time.Since(q.timeline[0].at)
 	}

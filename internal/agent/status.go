@@ -33,6 +33,7 @@ type Status struct {
 	QueueRecords  int          `json:"queue_records"`
 	BitmapMode    bool         `json:"bitmap_mode"`
 	Overflows     uint64       `json:"overflows"`
+	HeldWrites    uint64       `json:"held_writes"` // writes that waited for room in a full queue
 	LagSeconds    float64      `json:"lag_seconds"`
 	Drained       bool         `json:"drained"`
 	BookmarkError string       `json:"last_bookmark_error,omitempty"`
@@ -46,7 +47,7 @@ func (a *Agent) Status() Status {
 	s := Status{Role: "agent", Machine: a.cfg.Machine, ProcessServer: a.cfg.ProcessServer, Connected: a.connected, ConnError: a.connErr, NBD: append([]string(nil), a.nbdAddrs...), BookmarkError: a.lastBookmarkErr}
 	a.mu.Unlock()
 	s.LastSeq, s.CachedSeq, s.DurableSeq = qs.LastSeq, qs.Cached, qs.Durable
-	s.QueueBytes, s.QueueRecords, s.BitmapMode, s.Overflows = qs.Bytes, qs.Records, qs.BitmapMode, qs.Overflows
+	s.QueueBytes, s.QueueRecords, s.BitmapMode, s.Overflows, s.HeldWrites = qs.Bytes, qs.Records, qs.BitmapMode, qs.Overflows, qs.Holds
 	s.LagSeconds = qs.Lag.Seconds()
 	drained := qs.Durable >= qs.LastSeq
 	a.q.mu.Lock()
