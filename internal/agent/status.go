@@ -1,5 +1,7 @@
 package agent
 
+import "time"
+
 // DiskStatus is what an operator needs to know about one protected disk.
 type DiskStatus struct {
 	Name         string  `json:"name"`
@@ -61,6 +63,11 @@ func (a *Agent) Status() Status {
 				ds.State = StateInitialSync
 			}
 			drained = false
+			// Writes caught in the bitmap have no sequence number, so the
+			// queue's timeline cannot tell their age: the replica has had
+			// no new consistent point since the resync began.
+			ds.LagSeconds = max(ds.LagSeconds, time.Since(d.syncStart).Seconds())
+			s.LagSeconds = max(s.LagSeconds, ds.LagSeconds)
 		}
 		if d.tracker != nil {
 			ds.DirtyBytes = d.tracker.DirtyBytes()
