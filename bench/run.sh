@@ -18,6 +18,7 @@
 #                  of the binary)
 #   --port BASE    first of 6 loopback TCP ports to use (default 17900)
 #   --keep         keep the scratch directory
+#   STANDBY_AGENT_FLAGS (environment) adds flags to every agent (A/B runs)
 #   --profile      write each role's Go CPU profile to OUT/pprof/TAG-ROLE.pprof
 #                  (go tool pprof -top standby OUT/pprof/...)
 #
@@ -194,7 +195,7 @@ start_agent() { # DIR TAG IMAGE [extra agent flags]
 	local dir=$1 tag=$2 img=$3
 	shift 3
 	start_bg agent "$OUT/logs/$tag-agent.log" "$SB" ${PROF:+--cpu-profile "$PROF/$tag-agent.pprof"} agent --machine bench --state-dir "$dir/agent" --process-server 127.0.0.1:$P_PS \
-		--disk "disk0=$img" --nbd "unix:$dir/agent.sock" --status "$AG_S" $(tlsargs agent-bench) "$@"
+		--disk "disk0=$img" --nbd "unix:$dir/agent.sock" --status "$AG_S" $(tlsargs agent-bench) "$@" ${STANDBY_AGENT_FLAGS:-}
 	"$BU" wait-up "$AG_S"
 }
 start_monitor() { # TAG [with-agent [monitor flags]]

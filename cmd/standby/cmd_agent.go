@@ -62,6 +62,7 @@ func agentCmd() *cobra.Command {
 	f.StringArrayVar(&disks, "disk", nil, "protected disk NAME=PATH[,mode=scan][,interval=30s] (repeatable)")
 	f.Int64Var(&c.QueueBytes, "queue-bytes", 0, "in-memory change queue bound before bitmap fallback (default 128 MiB)")
 	f.DurationVar(&c.QueueHold, "queue-hold", 0, "longest a write waits for room in a full queue (and most waited per second) before bitmap fallback (default 200ms; negative: none)")
+	f.DurationVar(&c.SendLinger, "send-linger", 0, "how long a small batch waits for more writes before it is sent (default 2ms; negative: none)")
 	f.DurationVar(&c.EpochInterval, "epoch-interval", 0, "crash-consistent marker interval when the workload does not flush (default 1s)")
 	f.IntVar(&c.ResyncReaders, "resync-readers", 0, "copy reads in flight per disk during initial copy and resync (default 16)")
 	f.StringArrayVar(&freeze, "freeze-hook", nil, "shell command freezing an application for app-consistent bookmarks (repeatable, paired with --thaw-hook)")

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -48,6 +49,8 @@ type queue struct {
 	heldInWindow        time.Duration
 	holds               uint64 // writes that were held
 
+	linger time.Duration // how long a small batch waits for more records
+
 	// timeline samples (seq, time) so lag can be told without a timestamp per record.
 	timeline []stamp
 
@@ -69,8 +72,8 @@ type copyRef struct {
 	n    int64
 }
 
-func newQueue(boot uint64, limit int64, holdMax time.Duration) *queue {
-	q := &queue{boot: boot, limit: limit, holdMax: holdMax, holdBudget: holdMax}
+func newQueue(boot uint64, limit int64, holdMax, linger time.Duration) *queue {
+	q := &queue{boot: boot, limit: limit, holdMax: holdMax, holdBudget: holdMax, linger: linger}
 	q.cond = sync.NewCond(&q.mu)
 	return q
 }
@@ -369,6 +372,13 @@ func (q *queue) nextBatch(ctx context.Context, maxBytes int) (wire.Batch, error)
 			q.sent = q.head
 		}
 	}
+	q.lingerLocked(maxBytes / 4)
+	if q.sent < q.head {
+		q.sent = q.head
+	}
+	if q.sent >= len(q.recs) {
+		return wire.Batch{}, errRetry
+	}
 	var b wire.Batch
 	size := 0
 	// A batch holds either copies only or no copies: the process server and
@@ -386,6 +396,36 @@ func (q *queue) nextBatch(ctx context.Context, maxBytes int) (wire.Batch, error)
 	}
 	b.First, b.Last = b.Records[0].Seq, b.Records[len(b.Records)-1].Seq
 	return b, nil
+}
+
+// errRetry: nothing left to send after lingering (an overflow dropped it).
+var errRetry = errors.New("agent: nothing to send")
+
+// lingerLocked lets a small batch wait up to q.linger for company: every
+// frame costs the process server an fdatasync and the master target an
+// intake fsync, so a workload of small synchronous writes would otherwise
+// make each of them pay for one. The replica falls behind by at most the
+// linger, far inside any recovery point objective. Caller holds q.mu.
+func (q *queue) lingerLocked(enough int) {
+	if q.linger <= 0 {
+		return
+	}
+	unsent := func() int {
+		n := 0
+		for i := max(q.sent, q.head); i < len(q.recs) && n < enough; i++ {
+			n += len(q.recs[i].Data) + 24
+		}
+		return n
+	}
+	if unsent() >= enough {
+		return
+	}
+	// Sleep rather than wait on the condition: every captured write
+	// broadcasts it, and thousands of wake-ups a second would cost the
+	// workload more CPU than the linger saves.
+	q.mu.Unlock()
+	time.Sleep(q.linger)
+	q.mu.Lock()
 }
 
 // close wakes every waiter for shutdown.
