@@ -296,7 +296,7 @@ bench_export() {
 		if [ "$fmt" = raw ]; then cmp -s "$out" "$rep" || log "   WARNING: standby raw export differs from the replica"; fi
 		rm -f "$out"
 		r=$(calc "$t_qi / $t_sb" 2)
-		log "   $fmt: best of $EXP_REPEAT: qemu-img convert ${t_qi}s ($(calc "$EXP_MB / $t_qi" 0) MiB/s), standby export ${t_sb}s ($(calc "$EXP_MB / $t_sb" 0) MiB/s; the job itself took ${t_srv}s, the rest is the CLI's 200 ms polling and sync), ratio ${r}×, $(calc "$t_qi / $t_srv" 2)× on the job time (load $(loadavg))"
+		log "   $fmt: best of $EXP_REPEAT: qemu-img convert ${t_qi}s ($(calc "$EXP_MB / $t_qi" 0) MiB/s), standby export ${t_sb}s ($(calc "$EXP_MB / $t_sb" 0) MiB/s; the job itself took ${t_srv}s, the rest is the CLI, its HTTP calls and the sync), ratio ${r}×, $(calc "$t_qi / $t_srv" 2)× on the job time (load $(loadavg))"
 		rec export "$fmt" qemu_img_seconds "$t_qi"
 		rec export "$fmt" standby_seconds "$t_sb"
 		rec export "$fmt" standby_server_seconds "$t_srv"

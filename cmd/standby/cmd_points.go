@@ -167,17 +167,10 @@ func exportCmd() *cobra.Command {
 			if err := statusapi.Call(cmd.Context(), f.addr, "POST", "/machines/"+url.PathEscape(f.machine)+"/exports", req, &job); err != nil {
 				return err
 			}
-			// Poll quickly at first, so a short export is not padded by the
-			// polling interval, then settle at 200ms.
-			wait := 10 * time.Millisecond
+			// Each request waits on the master target until the job ends or
+			// half a second passes (progress), so the end is seen at once.
 			for !job.Done {
-				select {
-				case <-cmd.Context().Done():
-					return cmd.Context().Err()
-				case <-time.After(wait):
-				}
-				wait = min(wait*2, 200*time.Millisecond)
-				if err := statusapi.Call(cmd.Context(), f.addr, "GET", "/exports/"+job.ID, nil, &job); err != nil {
+				if err := statusapi.Call(cmd.Context(), f.addr, "GET", "/exports/"+job.ID+"?wait=500ms", nil, &job); err != nil {
 					return err
 				}
 				if f.output != "json" && job.Progress.Total > 0 {

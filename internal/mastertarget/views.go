@@ -224,6 +224,8 @@ type ExportJob struct {
 	Files    []string          `json:"files,omitempty"`
 	Started  time.Time         `json:"started"`
 	Took     time.Duration     `json:"took_ns,omitempty"`
+
+	finished chan struct{} // closed when Done is set
 }
 
 type exportJobs struct {
@@ -265,7 +267,7 @@ func (s *Server) startExport(m *machine, p points.Point, diskName, format, path 
 	}
 	s.exports.mu.Lock()
 	s.exports.next++
-	job := &ExportJob{ID: strconv.Itoa(s.exports.next), Machine: m.name, Disk: m.layout[idx].Name, Point: p, Format: string(f), Path: path, Started: time.Now()}
+	job := &ExportJob{ID: strconv.Itoa(s.exports.next), Machine: m.name, Disk: m.layout[idx].Name, Point: p, Format: string(f), Path: path, Started: time.Now(), finished: make(chan struct{})}
 	s.exports.jobs[job.ID] = job
 	s.exports.mu.Unlock()
 	go func() {
@@ -277,6 +279,7 @@ func (s *Server) startExport(m *machine, p points.Point, diskName, format, path 
 		}})
 		s.exports.mu.Lock()
 		defer s.exports.mu.Unlock()
+		defer close(job.finished)
 		job.Done = true
 		job.Took = time.Since(job.Started)
 		if err != nil {
@@ -367,11 +370,30 @@ func (s *Server) viewAPI(mux *http.ServeMux) {
 		}
 		statusapi.WriteJSON(w, job)
 	})
+	// ?wait=DURATION (at most 10s) answers as soon as the job is done, or
+	// after that long with its progress: a client learns of the end at
+	// once instead of at its next poll.
 	mux.HandleFunc("GET /exports/{id}", func(w http.ResponseWriter, r *http.Request) {
 		j, ok := s.exportJob(r.PathValue("id"))
 		if !ok {
 			statusapi.ErrorJSON(w, http.StatusNotFound, "no export job "+r.PathValue("id"))
 			return
+		}
+		if ws := r.URL.Query().Get("wait"); ws != "" && !j.Done {
+			d, err := time.ParseDuration(ws)
+			if err != nil || d < 0 {
+				statusapi.ErrorJSON(w, http.StatusBadRequest, fmt.Sprintf("wait=%q: want a duration such as 500ms", ws))
+				return
+			}
+			t := time.NewTimer(min(d, 10*time.Second))
+			defer t.Stop()
+			select {
+			case <-j.finished:
+			case <-t.C:
+			case <-r.Context().Done():
+				return
+			}
+			j, _ = s.exportJob(j.ID)
 		}
 		statusapi.WriteJSON(w, j)
 	})
