@@ -361,8 +361,25 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 	go func() { <-sctx.Done(); c.Close() }()
 	var buf []byte
 	var appended, epoch uint64
-	var needSync bool
-	var unsynced int
+	// The committer fsyncs the intake in the background while frames keep
+	// coming, and only then lets durable advance.
+	committer := m.intake.NewCommitter(sctx, func(seq uint64, synced bool, err error) {
+		if err != nil {
+			lg.Error("syncing intake log", "err", err)
+			refuse(c, "intake", err.Error())
+			cancel()
+			return
+		}
+		m.mu.Lock()
+		if synced {
+			m.intakeSync = max(m.intakeSync, seq)
+		}
+		m.updateDurableLocked()
+		m.mu.Unlock()
+		m.wake()
+	})
+	defer committer.Wait()
+	defer cancel()
 	for {
 		t, p, err := c.ReadFrame()
 		if err != nil {
@@ -419,53 +436,32 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 				break
 			}
 		}
-		// Group commit, as on the process server.
-		more := c.Buffered() >= wire.HeaderSize && unsynced < 64<<20
 		relayed, err := m.relayCopies(sctx, &b, data, c, len(data) > 0 && &data[0] == &p[0])
 		if err != nil {
 			return
 		}
-		if relayed {
-			if needSync && !more {
-				if err := m.intake.Sync(); err != nil {
-					if sctx.Err() == nil {
-						lg.Error("syncing intake log", "err", err)
-						refuse(c, "intake", err.Error())
-					}
-					return
-				}
-			}
-		} else {
-			needSync = needSync || b.Captured()
-			if err := m.intake.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, needSync && !more); err != nil {
+		if !relayed {
+			if err := m.intake.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, false); err != nil {
 				if sctx.Err() == nil {
 					lg.Error("writing intake log", "err", err)
 					refuse(c, "intake", err.Error())
 				}
 				return
 			}
-			m.mu.Lock()
-			m.intakeLast = b.Last
-			m.mu.Unlock()
 		}
 		appended = b.Last
-		unsynced += len(data)
-		if more {
-			continue
-		}
 		m.mu.Lock()
-		m.lastSeq = appended
-		m.bytesIn += uint64(unsynced)
-		if needSync {
-			// The fsync covered every earlier entry too.
-			m.intakeSync = max(m.intakeSync, appended)
+		if !relayed {
+			m.intakeLast = b.Last
 		}
-		m.updateDurableLocked()
+		// Apply may go ahead before the fsync: what it applies becomes
+		// durable through the checkpoint, which fsyncs the replica first.
+		m.lastSeq = appended
+		m.bytesIn += uint64(len(data))
 		m.epochLimit = max(m.epochLimit, epoch)
 		m.cond.Broadcast()
 		m.mu.Unlock()
-		needSync, unsynced = false, 0
-		m.wake()
+		committer.Commit(appended, !relayed && b.Captured())
 	}
 }
 

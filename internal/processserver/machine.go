@@ -123,9 +123,24 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 	go func() { <-sctx.Done(); c.Close() }()
 	var buf []byte
 	var appended uint64 // appended in this session, perhaps not yet fsynced
-	var needSync bool
-	var unsynced int
-	var bytesIn uint64
+	// The committer fsyncs in the background while frames keep coming, and
+	// only then acknowledges them as cached.
+	committer := m.log.NewCommitter(sctx, func(seq uint64, _ bool, err error) {
+		if err != nil {
+			lg.Error("syncing cache", "err", err)
+			refuse(c, "cache", err.Error())
+			cancel()
+			return
+		}
+		m.mu.Lock()
+		if m.session == my {
+			m.lastSeq = max(m.lastSeq, seq)
+		}
+		m.mu.Unlock()
+		m.wake()
+	})
+	defer committer.Wait()
+	defer cancel()
 	for {
 		t, p, err := c.ReadFrame()
 		if err != nil {
@@ -177,28 +192,12 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			buf = wire.AppendBatch(buf[:0], &b)
 			data = buf
 		}
-		// Group commit: while more frames are already waiting, append
-		// without fsync; one fsync then covers them all before the ack.
-		more := c.Buffered() >= wire.HeaderSize && unsynced < 64<<20
 		relayed, err := m.relayCopies(sctx, &b, data, c, len(data) > 0 && &data[0] == &p[0])
 		if err != nil {
 			return
 		}
-		if relayed {
-			if needSync && !more {
-				// The relayed batch ends a group: its cached entries still
-				// need their fsync before the ack covers them.
-				if err := m.log.Sync(); err != nil {
-					if sctx.Err() == nil {
-						lg.Error("syncing cache", "err", err)
-						refuse(c, "cache", err.Error())
-					}
-					return
-				}
-			}
-		} else {
-			needSync = needSync || b.Captured()
-			if err := m.log.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, needSync && !more); err != nil {
+		if !relayed {
+			if err := m.log.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, false); err != nil {
 				if sctx.Err() == nil {
 					lg.Error("caching batch", "err", err)
 					refuse(c, "cache", err.Error())
@@ -210,17 +209,12 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			m.mu.Unlock()
 		}
 		appended = b.Last
-		unsynced += len(data)
-		bytesIn += uint64(len(data))
-		if more {
-			continue
-		}
 		m.mu.Lock()
-		m.lastSeq = appended
-		m.bytesIn += bytesIn
+		m.bytesIn += uint64(len(data))
 		m.mu.Unlock()
-		needSync, unsynced, bytesIn = false, 0, 0
-		m.wake()
+		// Copies need no fsync here; anything cached does, before the
+		// agent may drop it.
+		committer.Commit(appended, !relayed && b.Captured())
 	}
 }
 
