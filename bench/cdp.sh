@@ -385,7 +385,7 @@ LOAD_END=$(loadavg)
 	echo "- 1: \"1 h back\" is simulated by the amount written after the point (${VIEW_MB} MiB of 64 KiB random overwrites of"
 	echo "  real data through the agent), not by time. Open = POST /machines/$M/views, curl time_total, median; one warm-up open is discarded."
 	echo "- 2: both read the same replica file with a warm page cache; outputs fsynced (sync FILE) inside the timing; ratio = qemu-img time /"
-	echo "  standby time (wall time of the CLI, which polls the job every 200 ms); \"job\" is the export job's own took_ns."
+	echo "  standby time (wall time of the CLI, which waits on the job with GET /exports/ID?wait=); \"job\" is the export job's own took_ns."
 	echo "- 3: throughput = bytes_applied delta / time from the first write until the replica is in sync (applied through the"
 	echo "  agent's last_seq, nothing dirty: blocks the agent tracked in its bitmap after a queue overflow are resynced and count);"
 	echo "  write amplification = master target /proc/PID/io wchar delta (bytes passed to write syscalls: intake log, replica,"
