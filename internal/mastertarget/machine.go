@@ -416,6 +416,9 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 			return
 		}
 		if b.Last <= last {
+			// Here already (perhaps from an earlier session whose
+			// committer never synced it): make sure durable follows.
+			committer.Commit(b.Last, true)
 			m.wake()
 			continue
 		}

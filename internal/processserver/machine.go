@@ -133,9 +133,7 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			return
 		}
 		m.mu.Lock()
-		if m.session == my {
-			m.lastSeq = max(m.lastSeq, seq)
-		}
+		m.lastSeq = max(m.lastSeq, seq)
 		m.mu.Unlock()
 		m.wake()
 	})
@@ -166,7 +164,9 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			return
 		}
 		m.mu.Lock()
-		last := max(m.lastSeq, appended)
+		// logLast too: an earlier session may have appended entries its
+		// committer never got to acknowledge.
+		last := max(m.lastSeq, appended, m.logLast)
 		stale := m.session != my
 		disks := m.hello.Disks
 		m.mu.Unlock()
@@ -179,7 +179,10 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			return
 		}
 		if b.Last <= last {
-			continue // all of it cached already
+			// All of it is here already; make sure it is acknowledged,
+			// which it may not be if it came in an earlier session.
+			committer.Commit(b.Last, true)
+			continue
 		}
 		data := p
 		if b.First <= last {
