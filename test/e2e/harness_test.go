@@ -245,6 +245,13 @@ func newCluster(t *testing.T, diskSizes []int64, opts ...clusterOpt) *cluster {
 		c.ag.kill9()
 		c.ps.kill9()
 		c.mt.kill9()
+		// With STANDBY_E2E_RACE=1 the roles run under the race detector,
+		// which reports in their logs and lets them go on.
+		for _, l := range []string{c.ag.log, c.ps.log, c.mt.log} {
+			if logContains(l, "WARNING: DATA RACE") {
+				t.Errorf("data race reported in %s", l)
+			}
+		}
 		if t.Failed() {
 			if keep := os.Getenv("STANDBY_E2E_KEEP_LOGS"); keep != "" {
 				dst := filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_"))
