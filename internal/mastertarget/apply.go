@@ -55,6 +55,10 @@ func (m *machine) runApply(ctx context.Context) {
 			case <-ctx.Done():
 				return ctx.Err()
 			}
+			// An apply waiting for a marker looks at what just came.
+			m.mu.Lock()
+			m.cond.Broadcast()
+			m.mu.Unlock()
 			if err != nil {
 				return errReported
 			}
@@ -132,6 +136,10 @@ func (m *machine) runApply(ctx context.Context) {
 			}
 		}
 		ready := m.readyPrefix(pending)
+		roomToDrain := func() bool { return len(entries) > 0 && pendingBytes < 64<<20 && len(pending) < 1<<16 }
+		if ready == 0 && roomToDrain() {
+			continue // what follows may hold the marker, or a sync-start
+		}
 		if ready == 0 {
 			// Wait for the epoch marker that closes pending[0]'s epoch;
 			// make what is applied durable first.
@@ -143,9 +151,13 @@ func (m *machine) runApply(ctx context.Context) {
 				lastSync, unsynced = time.Now(), 0
 			}
 			m.mu.Lock()
-			for m.epochLimit < pending[0].Seq && m.consistentLocked() && !m.closed && ctx.Err() == nil {
+			// While apply waits, copies must not wait for room in the relay
+			// (relayCopies): the marker may be behind them.
+			m.applyWaiting = true
+			for m.epochLimit < pending[0].Seq && m.consistentLocked() && !m.closed && ctx.Err() == nil && !roomToDrain() {
 				m.cond.Wait()
 			}
+			m.applyWaiting = false
 			closed := m.closed
 			m.mu.Unlock()
 			if closed || ctx.Err() != nil {
@@ -205,8 +217,19 @@ func (m *machine) readyPrefix(recs []wire.Record) int {
 		}
 		return true
 	}
+	// Records up to a sync-start need no closing marker: from there on
+	// the machine has no consistent point until the resync ends, so
+	// waiting for one would only hold up the copies behind it (a queue
+	// overflow drops the agent's queued markers with its writes).
+	lastSyncStart := -1
+	for i := len(recs) - 1; i >= 0; i-- {
+		if recs[i].Op == wire.OpSyncStart {
+			lastSyncStart = i
+			break
+		}
+	}
 	for i, rec := range recs {
-		if rec.Seq > limit && rec.Seq > applied && all() {
+		if rec.Seq > limit && rec.Seq > applied && all() && i > lastSyncStart {
 			return i
 		}
 		switch rec.Op {

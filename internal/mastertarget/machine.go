@@ -59,16 +59,19 @@ type machine struct {
 	intakeLast uint64     // newest seq appended to the intake
 	intakeSync uint64     // intake entries <= intakeSync are fsynced
 	relayOpen  []seqRange // relayed copies not yet covered by a checkpoint, in order
-	session    uint64
-	connected  bool
-	peer       string
-	applyErr   string
-	appliedAt  time.Time
-	bytesIn    uint64
-	bytesApply uint64
-	started    bool
-	closed     bool
-	notify     chan struct{}
+	// applyWaiting: apply waits for an epoch marker; relayed copies then
+	// go to the intake at once rather than wait for room.
+	applyWaiting bool
+	session      uint64
+	connected    bool
+	peer         string
+	applyErr     string
+	appliedAt    time.Time
+	bytesIn      uint64
+	bytesApply   uint64
+	started      bool
+	closed       bool
+	notify       chan struct{}
 
 	layout         []wire.DiskInfo // disk names and sizes: fixed once opened, read without the lock
 	journal        *journal.Journal
@@ -495,6 +498,10 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c
 	for {
 		ch := m.relay.Changed()
 		m.mu.Lock()
+		if m.applyWaiting && m.relay.Len() > 0 {
+			m.mu.Unlock()
+			return false, nil
+		}
 		it := relay.Item{First: b.First, Last: b.Last, LogBefore: m.intakeLast, Data: own}
 		m.relayOpen = append(m.relayOpen, seqRange{b.First, b.Last})
 		pushed := m.relay.TryPush(it)
@@ -511,6 +518,7 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c
 		case <-deadline.C:
 			return false, nil
 		case <-ch:
+		case <-time.After(50 * time.Millisecond): // recheck applyWaiting
 		}
 	}
 }
