@@ -442,7 +442,7 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 				break
 			}
 		}
-		relayed, err := m.relayCopies(sctx, &b, data, c, len(data) > 0 && &data[0] == &p[0])
+		relayed, err := m.relayCopies(sctx, &b, data, c)
 		if err != nil {
 			return
 		}
@@ -481,18 +481,11 @@ const relayWait = 2 * time.Second
 // relayCopies queues a batch of copies for apply without writing it to the
 // intake log. It reports false (log it instead) for captured records, with
 // the relay off, or when the relay stays full.
-// fromFrame says data is the frame payload itself (not re-encoded): the
-// relay then takes the connection's buffer instead of copying it.
-func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c *transport.Conn, fromFrame bool) (bool, error) {
+func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c *transport.Conn) (bool, error) {
 	if m.s.cfg.RelayBytes <= 0 || b.Captured() {
 		return false, nil
 	}
-	own := data // the frame payload, detached from the connection
-	if fromFrame {
-		c.Detach()
-	} else {
-		own = append([]byte(nil), data...) // re-encoded into a reused buffer
-	}
+	own := c.Keep(data) // data may be the connection's read buffer
 	deadline := time.NewTimer(relayWait)
 	defer deadline.Stop()
 	for {

@@ -195,7 +195,7 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			buf = wire.AppendBatch(buf[:0], &b)
 			data = buf
 		}
-		relayed, err := m.relayCopies(sctx, &b, data, c, len(data) > 0 && &data[0] == &p[0])
+		relayed, err := m.relayCopies(sctx, &b, data, c)
 		if err != nil {
 			return
 		}
@@ -207,12 +207,12 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 				}
 				return
 			}
-			m.mu.Lock()
-			m.logLast = b.Last
-			m.mu.Unlock()
 		}
 		appended = b.Last
 		m.mu.Lock()
+		if !relayed {
+			m.logLast = b.Last
+		}
 		m.bytesIn += uint64(len(data))
 		m.mu.Unlock()
 		// Copies need no fsync here; anything cached does, before the
@@ -226,9 +226,7 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 // (cache it instead) for captured records, with the relay off, or while the
 // master target is away: then the cache holds copies as before, bounded by
 // its own limit.
-// fromFrame says data is the frame payload itself (not re-encoded): the
-// relay then takes the connection's buffer instead of copying it.
-func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c *transport.Conn, fromFrame bool) (bool, error) {
+func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c *transport.Conn) (bool, error) {
 	if m.s.cfg.RelayBytes <= 0 || b.Captured() {
 		return false, nil
 	}
@@ -244,7 +242,7 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c
 			return false, nil
 		}
 		if own == nil {
-			own = ownPayload(data, c, fromFrame)
+			own = c.Keep(data) // data may be the connection's read buffer
 		}
 		it.Data = own
 		if m.relay.TryPush(it) {
@@ -257,17 +255,6 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c
 		case <-time.After(100 * time.Millisecond): // recheck the master target
 		}
 	}
-}
-
-// ownPayload returns data as a buffer nothing else will reuse: the
-// connection's own read buffer, detached, when data is the frame payload;
-// a copy when it was re-encoded into a reused buffer.
-func ownPayload(data []byte, c *transport.Conn, fromFrame bool) []byte {
-	if fromFrame {
-		c.Detach()
-		return data
-	}
-	return append([]byte(nil), data...)
 }
 
 func (m *machine) startForwarder(ctx context.Context) {

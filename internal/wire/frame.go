@@ -280,15 +280,24 @@ func (c *Conn) ReadFrame() (Type, []byte, error) {
 	return h.Type, payload, nil
 }
 
-// Detach hands the payload of the last ReadFrame to the caller for good:
-// the connection reads the next frame into a new buffer. It saves a copy
-// where a payload must outlive the next read (copies relayed in memory).
-func (c *Conn) Detach() {
+// Keep returns data as a buffer the connection will not reuse, for a
+// payload that must outlive the next read (copies relayed in memory): the
+// last ReadFrame's payload is handed over without a copy (the connection
+// reads the next frame into a new buffer); anything else is copied.
+func (c *Conn) Keep(data []byte) []byte {
+	last := c.rbuf
+	if c.lastDecoded {
+		last = c.dbuf
+	}
+	if len(data) == 0 || len(last) == 0 || &data[0] != &last[0] {
+		return append([]byte(nil), data...)
+	}
 	if c.lastDecoded {
 		c.dbuf = nil
 	} else {
 		c.rbuf = nil
 	}
+	return data
 }
 
 func (c *Conn) decodeBody(h Header, body []byte) ([]byte, error) {

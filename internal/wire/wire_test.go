@@ -164,3 +164,34 @@ func BenchmarkWriteReadFrame(b *testing.B) {
 		})
 	}
 }
+
+// Keep hands the last payload over without a copy, so the next read must
+// not overwrite it; anything else is copied.
+func TestKeepHandsOverThePayload(t *testing.T) {
+	var buf bytes.Buffer
+	w := NewConn(&buf)
+	for _, s := range []string{"first payload", "second one"} {
+		if err := w.WriteFrame(TypeBatch, []byte(s), CodecNone); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := NewConn(&buf)
+	_, p, err := r.ReadFrame()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := r.Keep(p)
+	if &kept[0] != &p[0] {
+		t.Fatal("Keep copied the frame payload")
+	}
+	other := []byte("not from the connection")
+	if c := r.Keep(other); &c[0] == &other[0] || string(c) != string(other) {
+		t.Fatal("Keep must copy what is not the last payload")
+	}
+	if _, _, err := r.ReadFrame(); err != nil {
+		t.Fatal(err)
+	}
+	if string(kept) != "first payload" {
+		t.Fatalf("the next read overwrote a kept payload: %q", kept)
+	}
+}
