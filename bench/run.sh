@@ -19,6 +19,7 @@
 #   --port BASE    first of 6 loopback TCP ports to use (default 17900)
 #   --keep         keep the scratch directory
 #   STANDBY_AGENT_FLAGS (environment) adds flags to every agent (A/B runs)
+#   STANDBY_CHURN_RATES (environment) replaces the churn steps, e.g. "100"
 #   --profile      write each role's Go CPU profile to OUT/pprof/TAG-ROLE.pprof
 #                  (go tool pprof -top standby OUT/pprof/...)
 #
@@ -88,6 +89,8 @@ else
 fi
 CHANGE_PCT=5
 LAG_LIMIT=5
+# STANDBY_CHURN_RATES="100" runs chosen churn steps only (profiling one step)
+CHURN_RATES=${STANDBY_CHURN_RATES:-$CHURN_RATES}
 
 P_MT=$BASE_PORT P_MTS=$((BASE_PORT + 1)) P_PS=$((BASE_PORT + 2)) P_PSS=$((BASE_PORT + 3)) P_AGS=$((BASE_PORT + 4))
 MT_S=127.0.0.1:$P_MTS PS_S=127.0.0.1:$P_PSS AG_S=127.0.0.1:$P_AGS

@@ -42,6 +42,9 @@ func (m *machine) runApply(ctx context.Context) {
 	go func() {
 		defer close(entries)
 		err := relay.Merge(ctx, m.intake, m.relay, from, func(e relay.Entry) error {
+			if e.FromLog && len(e.Data) == 0 {
+				return nil // a stub: the batch itself came through the relay
+			}
 			data := e.Data
 			if e.FromLog {
 				data = append([]byte(nil), e.Data...) // the log reader reuses its buffer

@@ -327,6 +327,7 @@ func (m *machine) forward(ctx context.Context) error {
 	_ = c.SetDeadline(time.Time{})
 	m.ackFromMT(wire.Ack(w))
 	m.mu.Lock()
+	m.mtCached = w.Cached // lower than before if a restart lost batches it held in memory
 	m.mtConnected = true
 	m.mtErr = ""
 	m.mu.Unlock()

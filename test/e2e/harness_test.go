@@ -252,16 +252,16 @@ func newCluster(t *testing.T, diskSizes []int64, opts ...clusterOpt) *cluster {
 				t.Errorf("data race reported in %s", l)
 			}
 		}
-		if t.Failed() {
-			if keep := os.Getenv("STANDBY_E2E_KEEP_LOGS"); keep != "" {
-				dst := filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_"))
-				_ = os.MkdirAll(dst, 0o755)
-				for _, l := range []string{c.ag.log, c.ps.log, c.mt.log} {
-					if b, err := os.ReadFile(l); err == nil {
-						_ = os.WriteFile(filepath.Join(dst, filepath.Base(l)), b, 0o644)
-					}
+		if keep := os.Getenv("STANDBY_E2E_KEEP_LOGS"); keep != "" {
+			dst := filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_"))
+			_ = os.MkdirAll(dst, 0o755)
+			for _, l := range []string{c.ag.log, c.ps.log, c.mt.log} {
+				if b, err := os.ReadFile(l); err == nil {
+					_ = os.WriteFile(filepath.Join(dst, filepath.Base(l)), b, 0o644)
 				}
 			}
+		}
+		if t.Failed() {
 			for _, l := range []string{c.ag.log, c.ps.log, c.mt.log} {
 				b, _ := os.ReadFile(l)
 				if len(b) > 6000 {
