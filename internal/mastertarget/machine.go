@@ -56,7 +56,9 @@ type machine struct {
 	lastSeq    uint64     // newest seq in intake
 	epochLimit uint64     // newest epoch marker in intake: apply stops there
 	durable    uint64     // everything <= durable survives a crash (acknowledged upstream)
-	intakeLast uint64     // newest seq appended to the intake
+	// intakeLast is the newest seq appended to the intake with its data
+	// (stubs do not count): relayed batches wait in Merge only for those.
+	intakeLast uint64
 	intakeSync uint64     // intake entries <= intakeSync are fsynced
 	relayOpen  []seqRange // relayed copies not yet covered by a checkpoint, in order
 	// applyWaiting: apply waits for an epoch marker; relayed copies then
@@ -483,7 +485,7 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 		}
 		appended = b.Last
 		m.mu.Lock()
-		if logged {
+		if !relayed {
 			m.intakeLast = b.Last
 		}
 		// Apply may go ahead before the fsync: what it applies becomes

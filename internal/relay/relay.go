@@ -218,6 +218,23 @@ func Merge(ctx context.Context, lg *seglog.Log, q *Queue, from uint64, emit func
 			if li.err != nil {
 				return li.err
 			}
+			// Items pushed before this entry was appended go first. They
+			// are all ready (every log entry before them has been handed
+			// on), but the select may have picked this entry over the
+			// queue's change signal when both were pending.
+			for {
+				it, ok := q.Peek()
+				if !ok || it.Last >= li.e.First {
+					break
+				}
+				if it.Last >= from {
+					if err := emit(Entry{First: it.First, Last: it.Last, Data: it.Data}); err != nil {
+						close(li.done)
+						return err
+					}
+				}
+				q.Pop()
+			}
 			err := emit(Entry{First: li.e.First, Last: li.e.Last, Data: li.e.Data, FromLog: true})
 			close(li.done)
 			if err != nil {

@@ -164,3 +164,4 @@ func TestQueueBound(t *testing.T) {
 		t.Fatal("room after pop refused")
 	}
 }
+
