@@ -20,6 +20,8 @@
 #   --keep         keep the scratch directory
 #   STANDBY_AGENT_FLAGS (environment) adds flags to every agent (A/B runs)
 #   STANDBY_CHURN_RATES (environment) replaces the churn steps, e.g. "100"
+#   STANDBY_MT_FLAGS, STANDBY_PS_FLAGS (environment) add flags to the master
+#   target and process server
 #   --profile      write each role's Go CPU profile to OUT/pprof/TAG-ROLE.pprof
 #                  (go tool pprof -top standby OUT/pprof/...)
 #
@@ -79,7 +81,7 @@ else
 	FIO_MB=1024
 	FIO_RUNTIME=15
 	FIO_RAMP=2
-	CHURN_RATES="50 100 150 200 300"
+	CHURN_RATES="50 75 100 150 200 300"
 	CHURN_SECS=30
 	CATCH_MB=2048
 	CATCH_QUEUE=$((16 << 20))
@@ -186,12 +188,12 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 start_mt() { # DIR TAG
-	start_bg mt "$OUT/logs/$2-mt.log" "$SB" ${PROF:+--cpu-profile "$PROF/$2-mt.pprof"} master-target --listen 127.0.0.1:$P_MT --data-dir "$1/mt" --status "$MT_S" $(tlsargs master-target-mt1)
+	start_bg mt "$OUT/logs/$2-mt.log" "$SB" ${PROF:+--cpu-profile "$PROF/$2-mt.pprof"} master-target --listen 127.0.0.1:$P_MT --data-dir "$1/mt" --status "$MT_S" $(tlsargs master-target-mt1) ${STANDBY_MT_FLAGS:-}
 	"$BU" wait-up "$MT_S"
 }
 start_ps() { # DIR TAG [COMPRESSION]
 	start_bg ps "$OUT/logs/$2-ps.log" "$SB" ${PROF:+--cpu-profile "$PROF/$2-ps.pprof"} process-server --listen 127.0.0.1:$P_PS --cache-dir "$1/ps" --master-target 127.0.0.1:$P_MT \
-		--compression "${3:-$COMPRESSION}" --status "$PS_S" $(tlsargs process-server-ps1)
+		--compression "${3:-$COMPRESSION}" --status "$PS_S" $(tlsargs process-server-ps1) ${STANDBY_PS_FLAGS:-}
 	"$BU" wait-up "$PS_S"
 }
 start_agent() { # DIR TAG IMAGE [extra agent flags]

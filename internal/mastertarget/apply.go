@@ -94,15 +94,25 @@ func (m *machine) runApply(ctx context.Context) {
 		}
 		return true
 	}
+	idle := time.NewTimer(time.Hour)
+	idle.Stop()
+	defer idle.Stop()
 	for {
 		if len(pending) == 0 && unsynced > 0 && len(entries) == 0 {
 			// Idle: make what was applied durable now rather than at the
-			// next tick, so copies are confirmed (and resyncs end) sooner.
-			if err := m.sync(); err != nil {
-				m.fail(lg, err)
-				return
+			// next tick, so relayed batches are confirmed (and resyncs
+			// end) sooner, but not more often than idleSyncGap: a
+			// checkpoint fsyncs the replicas, and a workload of small
+			// writes leaves apply idle between every two batches.
+			if wait := idleSyncGap - time.Since(lastSync); wait > 0 {
+				idle.Reset(wait)
+			} else {
+				if err := m.sync(); err != nil {
+					m.fail(lg, err)
+					return
+				}
+				lastSync, unsynced = time.Now(), 0
 			}
-			lastSync, unsynced = time.Now(), 0
 		}
 		if len(pending) == 0 {
 			select {
@@ -111,6 +121,8 @@ func (m *machine) runApply(ctx context.Context) {
 					_ = m.sync()
 					return
 				}
+			case <-idle.C:
+				continue
 			case <-tick.C:
 				if unsynced > 0 || time.Since(lastSync) > m.s.cfg.SyncInterval {
 					if err := m.sync(); err != nil {
@@ -193,6 +205,10 @@ func (m *machine) runApply(ctx context.Context) {
 		}
 	}
 }
+
+// idleSyncGap is the least time between two checkpoints taken because
+// apply is idle (see runApply).
+const idleSyncGap = 50 * time.Millisecond
 
 // errReported ends the read-ahead after it has passed an error on.
 var errReported = errors.New("reported")
