@@ -9,14 +9,12 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"runtime/pprof"
-	"strings"
 	"syscall"
 
 	"github.com/spf13/cobra"
 )
 
 func main() {
-	lazyFree()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	root := &cobra.Command{
@@ -90,36 +88,4 @@ func logger(cmd *cobra.Command) *slog.Logger {
 	s, _ := cmd.Flags().GetString("log-level")
 	_ = lvl.UnmarshalText([]byte(s))
 	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
-}
-
-// lazyFree re-executes the binary with GODEBUG=madvdontneed=0 unless
-// GODEBUG already says how to release memory. The Go runtime then gives
-// freed memory back lazily (MADV_FREE) instead of at once: the roles free
-// and reuse frame-sized buffers at the rate data flows, and on a VM that
-// hands freed guest pages to its host (free page reporting), each reuse of
-// an eagerly released page is a fault in the host. In the churn benchmark
-// on such a VM the pipeline kept up with 100 MB/s for 10 s this way, and
-// fell behind from the first second without it (docs/benchmarks.md).
-// The setting is read only at start-up, hence the exec; if it fails, the
-// process carries on as it is.
-func lazyFree() {
-	cur, _ := os.LookupEnv("GODEBUG")
-	if strings.Contains(cur, "madvdontneed=") {
-		return
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return
-	}
-	val := "madvdontneed=0"
-	if cur != "" {
-		val = cur + "," + val
-	}
-	env := make([]string, 0, len(os.Environ())+1)
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GODEBUG=") {
-			env = append(env, kv)
-		}
-	}
-	_ = syscall.Exec(exe, os.Args, append(env, "GODEBUG="+val))
 }

@@ -471,3 +471,69 @@ func TestReadDirectSeesBufferedWrites(t *testing.T) {
 		t.Fatalf("read past the end: %v", err)
 	}
 }
+
+// An uncached write must replace what buffered writes left in the page
+// cache, from an unaligned buffer too; unaligned ranges go through the
+// cache; and the data is there after a reopen.
+func TestWriteDirectCoherentWithCache(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "d.img")
+	if err := Create(p, 8<<20); err != nil {
+		t.Fatal(err)
+	}
+	d, err := Open(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := bytes.Repeat([]byte("old-data"), 128<<10/8)
+	if _, err := d.WriteAt(old, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(old))
+	if _, err := d.ReadAt(got, 1<<20); err != nil { // cached now
+		t.Fatal(err)
+	}
+	backing := make([]byte, 64<<10+1)
+	src := backing[1:] // never 4 KiB-aligned
+	for i := range src {
+		src[i] = byte(i*7 + 3)
+	}
+	var scratch []byte
+	if _, err := d.WriteDirect(src, 1<<20+4096, &scratch); err != nil {
+		t.Fatal(err)
+	}
+	if cap(scratch) < len(src) {
+		t.Fatal("an unaligned buffer was not staged in the scratch buffer")
+	}
+	oddSrc := []byte("unaligned range")
+	if _, err := d.WriteDirect(oddSrc, 3<<20+5, &scratch); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.WriteDirect(make([]byte, 4096), 8<<20, &scratch); !errors.Is(err, ErrOutOfRange) {
+		t.Fatalf("write past the end: %v", err)
+	}
+	check := func(d *Disk) {
+		t.Helper()
+		if _, err := d.ReadAt(got, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+		want := append(append(append([]byte(nil), old[:4096]...), src...), old[4096+len(src):]...)
+		if !bytes.Equal(got, want) {
+			t.Fatal("a cached read does not show the uncached write over it")
+		}
+		odd := make([]byte, len(oddSrc))
+		if _, err := d.ReadAt(odd, 3<<20+5); err != nil || !bytes.Equal(odd, oddSrc) {
+			t.Fatalf("unaligned write: %q, %v", odd, err)
+		}
+	}
+	check(d)
+	if err := d.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	d, err = Open(p, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	check(d)
+}

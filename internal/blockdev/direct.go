@@ -65,9 +65,57 @@ func (d *Disk) ReadDirect(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
+// WriteDirect writes all of p at off like WriteAt, bypassing the page
+// cache when off and the length are aligned, and through the cache
+// otherwise. p need not be aligned in memory: it is then copied into
+// *scratch first, an aligned buffer the caller keeps for the next call
+// (reused memory costs nothing to touch; see the master target's apply).
+//
+// For bulk writes that are not read back soon (a replica's initial copy):
+// a page-cache write allocates and fills a page for every 4 KiB written and
+// the checkpoint writes them back, which on the development VM cost more
+// CPU than the rest of the master target's copy path. An O_DIRECT write
+// first writes back and drops any cached pages of its range, so buffered
+// reads and writes of the same disk stay coherent with it.
+func (d *Disk) WriteDirect(p []byte, off int64, scratch *[]byte) (int, error) {
+	if err := d.checkWritable("write"); err != nil {
+		return 0, err
+	}
+	if err := d.checkRange("write", off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	f := d.directFile()
+	if f == nil || len(p) == 0 || off%DirectAlign != 0 || len(p)%DirectAlign != 0 {
+		return d.WriteAt(p, off)
+	}
+	buf := p
+	if uintptr(unsafe.Pointer(&p[0]))&(DirectAlign-1) != 0 {
+		if cap(*scratch) < len(p) {
+			*scratch = AlignedBuffer(len(p))
+		}
+		buf = (*scratch)[:len(p)]
+		copy(buf, p)
+	}
+	n, err := f.WriteAt(buf, off)
+	if errors.Is(err, unix.EINVAL) && n == 0 {
+		d.direct.mu.Lock()
+		d.direct.off = true
+		d.direct.mu.Unlock()
+		return d.WriteAt(p, off)
+	}
+	if err != nil {
+		return n, fmt.Errorf("blockdev: writing %d bytes at %d to %s uncached: %w", len(p), off, d.path, err)
+	}
+	return n, nil
+}
+
 func (d *Disk) directFile() *os.File {
 	d.direct.once.Do(func() {
-		f, err := os.OpenFile(d.path, os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+		mode := os.O_RDONLY
+		if !d.readOnly {
+			mode = os.O_RDWR
+		}
+		f, err := os.OpenFile(d.path, mode|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 		d.direct.mu.Lock()
 		defer d.direct.mu.Unlock()
 		switch {

@@ -42,9 +42,6 @@ func (m *machine) runApply(ctx context.Context) {
 	go func() {
 		defer close(entries)
 		err := relay.Merge(ctx, m.intake, m.relay, from, func(e relay.Entry) error {
-			if e.FromLog && len(e.Data) == 0 {
-				return nil // a stub: the batch itself came through the relay
-			}
 			data := e.Data
 			if e.FromLog {
 				data = append([]byte(nil), e.Data...) // the log reader reuses its buffer
@@ -100,7 +97,7 @@ func (m *machine) runApply(ctx context.Context) {
 	for {
 		if len(pending) == 0 && unsynced > 0 && len(entries) == 0 {
 			// Idle: make what was applied durable now rather than at the
-			// next tick, so relayed batches are confirmed (and resyncs
+			// next tick, so relayed copies are confirmed (and resyncs
 			// end) sooner, but not more often than idleSyncGap: a
 			// checkpoint fsyncs the replicas, and a workload of small
 			// writes leaves apply idle between every two batches.
@@ -205,6 +202,12 @@ func (m *machine) runApply(ctx context.Context) {
 		}
 	}
 }
+
+// directMin is the smallest copy written to a replica uncached: below it
+// an O_DIRECT write's fixed cost is more than the page-cache write it
+// saves, and small copies (a resync of scattered blocks) are likelier to
+// be read back soon for before-images.
+const directMin = 128 << 10
 
 // idleSyncGap is the least time between two checkpoints taken because
 // apply is idle (see runApply).
@@ -410,7 +413,15 @@ func (m *machine) apply(rec wire.Record) (int64, error) {
 	}
 	switch rec.Op {
 	case wire.OpWrite, wire.OpCopy:
-		if _, err := m.replica[rec.Disk].WriteAt(rec.Data, int64(rec.Offset)); err != nil {
+		write := m.replica[rec.Disk].WriteAt
+		if rec.Op == wire.OpCopy && len(rec.Data) >= directMin {
+			// Large copies (an initial copy) are block-aligned and not
+			// read back soon: past the page cache (blockdev.WriteDirect).
+			write = func(p []byte, off int64) (int, error) {
+				return m.replica[rec.Disk].WriteDirect(p, off, &m.directBuf)
+			}
+		}
+		if _, err := write(rec.Data, int64(rec.Offset)); err != nil {
 			return 0, fmt.Errorf("applying seq %d to %s: %w", rec.Seq, m.layout[rec.Disk].Name, err)
 		}
 		n = int64(len(rec.Data))

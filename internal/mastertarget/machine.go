@@ -48,6 +48,8 @@ type machine struct {
 	relay   *relay.Queue // copy batches applied without the intake log
 	replica []*blockdev.Disk
 	wg      sync.WaitGroup
+	// directBuf stages copies for uncached replica writes; apply's only.
+	directBuf []byte
 
 	mu         sync.Mutex
 	cond       *sync.Cond
@@ -56,9 +58,7 @@ type machine struct {
 	lastSeq    uint64     // newest seq in intake
 	epochLimit uint64     // newest epoch marker in intake: apply stops there
 	durable    uint64     // everything <= durable survives a crash (acknowledged upstream)
-	// intakeLast is the newest seq appended to the intake with its data
-	// (stubs do not count): relayed batches wait in Merge only for those.
-	intakeLast uint64
+	intakeLast uint64     // newest seq appended to the intake
 	intakeSync uint64     // intake entries <= intakeSync are fsynced
 	relayOpen  []seqRange // relayed copies not yet covered by a checkpoint, in order
 	// applyWaiting: apply waits for an epoch marker; relayed copies then
@@ -184,28 +184,19 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 	for i, d := range m.cp.Disks {
 		m.layout = append(m.layout, wire.DiskInfo{Index: uint16(i), Name: d.Name, Size: d.Size})
 	}
-	// Epoch markers in the intake that were not applied before a restart
-	// must still be honoured, and a stub of a relayed batch that was not
-	// applied and checkpointed means the intake's copy of the sequence
-	// breaks off there: everything from it is taken again from the
-	// process server, which keeps what was never acknowledged durable.
-	if st := lg.Stats(); st.Entries > 0 && st.LastSeq > m.cp.AppliedSeq {
-		stub, found, err := m.scanIntake()
-		if err == nil && found {
-			s.log.Warn("intake breaks off at a batch that was relayed and not checkpointed before a restart: taking everything from there again",
-				"machine", name, "from_seq", stub, "applied_seq", m.cp.AppliedSeq, "intake_last_seq", st.LastSeq)
-			err = lg.TruncateFrom(stub)
-		}
-		if err != nil {
-			m.close()
-			return nil, fmt.Errorf("machine %s: recovering intake: %w", name, err)
-		}
-	}
 	st := lg.Stats()
 	m.lastSeq = max(st.LastSeq, m.cp.AppliedSeq)
 	m.intakeLast = st.LastSeq
 	m.intakeSync = st.DurableSeq
 	m.durable = max(st.DurableSeq, m.cp.AppliedSeq)
+	// Epoch markers in the intake that were not applied before a restart
+	// must still be honoured: find the newest one.
+	if st.Entries > 0 && st.LastSeq > m.cp.AppliedSeq {
+		if err := m.scanEpochs(); err != nil {
+			m.close()
+			return nil, err
+		}
+	}
 	return m, nil
 }
 
@@ -216,10 +207,7 @@ func cloneCP(c checkpoint) checkpoint {
 
 func (m *machine) replicaPath(disk string) string { return filepath.Join(m.dir, disk+".img") }
 
-// scanIntake reads the intake after the checkpoint: it sets epochLimit
-// from the epoch markers before the first stub (the data-less entry of a
-// relayed batch) and returns that stub's First.
-func (m *machine) scanIntake() (uint64, bool, error) {
+func (m *machine) scanEpochs() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	st := m.intake.Stats()
@@ -228,25 +216,19 @@ func (m *machine) scanIntake() (uint64, bool, error) {
 	for {
 		e, err := r.Next(ctx)
 		if err != nil {
-			return 0, false, fmt.Errorf("scanning intake: %w", err)
+			return fmt.Errorf("machine %s: scanning intake: %w", m.name, err)
 		}
-		if len(e.Data) == 0 {
-			if e.Last > m.cp.AppliedSeq {
-				return e.First, true, nil
-			}
-		} else {
-			b, err := wire.DecodeBatch(e.Data)
-			if err != nil {
-				return 0, false, fmt.Errorf("intake entry %d..%d: %w", e.First, e.Last, err)
-			}
-			for _, rec := range b.Records {
-				if rec.Op.ClosesEpoch() {
-					m.epochLimit = rec.Seq
-				}
+		b, err := wire.DecodeBatch(e.Data)
+		if err != nil {
+			return fmt.Errorf("machine %s: intake entry %d..%d: %w", m.name, e.First, e.Last, err)
+		}
+		for _, rec := range b.Records {
+			if rec.Op.ClosesEpoch() {
+				m.epochLimit = rec.Seq
 			}
 		}
 		if e.Last >= st.LastSeq {
-			return 0, false, nil
+			return nil
 		}
 	}
 }
@@ -462,20 +444,12 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 				break
 			}
 		}
-		captured := b.Captured()
-		relayed, err := m.relayBatch(sctx, &b, data, c)
+		relayed, err := m.relayCopies(sctx, &b, data, c)
 		if err != nil {
 			return
 		}
-		logged := !relayed || captured
-		if logged {
-			e := seglog.Entry{First: b.First, Last: b.Last, Data: data}
-			if relayed {
-				// A stub marks where the relayed batch sits, so a restart
-				// that lost it knows to take everything from here again.
-				e.Data = nil
-			}
-			if err := m.intake.Append(sctx, e, false); err != nil {
+		if !relayed {
+			if err := m.intake.Append(sctx, seglog.Entry{First: b.First, Last: b.Last, Data: data}, false); err != nil {
 				if sctx.Err() == nil {
 					lg.Error("writing intake log", "err", err)
 					refuse(c, "intake", err.Error())
@@ -495,7 +469,7 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 		m.epochLimit = max(m.epochLimit, epoch)
 		m.cond.Broadcast()
 		m.mu.Unlock()
-		committer.Commit(appended, !relayed && captured)
+		committer.Commit(appended, !relayed && b.Captured())
 	}
 }
 
@@ -506,40 +480,22 @@ type seqRange struct{ first, last uint64 }
 // milliseconds, and a relay that stays full must never stop the intake.
 const relayWait = 2 * time.Second
 
-// relayBatch queues a batch for apply without writing its data to the
-// intake log: it becomes durable at the checkpoint after its apply instead
-// of at an intake fsync. A copy may wait up to relayWait for room (the
-// agent can read it again, but a copy in the intake costs a write and a
-// read of its data); a captured batch goes to the intake at once when the
-// relay is full, which is what the intake is for: apply falling behind.
-// It reports false (log it instead) with the relay off or when there is no
-// room.
-//
-// Captured batches are the workload's writes, which only the process
-// server still holds once the agent has let them go: the caller writes a
-// data-less stub entry to the intake in their place, so a restart that
-// lost the relay finds where its copy of the sequence breaks off and asks
-// for everything from there again (openMachine).
-func (m *machine) relayBatch(ctx context.Context, b *wire.Batch, data []byte, c *transport.Conn) (bool, error) {
-	if m.s.cfg.RelayBytes <= 0 {
+// relayCopies queues a batch of copies for apply without writing it to the
+// intake log. It reports false (log it instead) for captured records, with
+// the relay off, or when the relay stays full.
+func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c *transport.Conn) (bool, error) {
+	if m.s.cfg.RelayBytes <= 0 || b.Captured() {
 		return false, nil
 	}
-	captured := b.Captured()
-	var own []byte
-	var deadline *time.Timer
+	own := c.Keep(data) // data may be the connection's read buffer
+	deadline := time.NewTimer(relayWait)
+	defer deadline.Stop()
 	for {
 		ch := m.relay.Changed()
 		m.mu.Lock()
 		if m.applyWaiting && m.relay.Len() > 0 {
 			m.mu.Unlock()
 			return false, nil
-		}
-		if own == nil {
-			if captured && m.relay.Bytes()+int64(len(data)) > m.s.cfg.RelayBytes && m.relay.Len() > 0 {
-				m.mu.Unlock()
-				return false, nil
-			}
-			own = c.Keep(data) // data may be the connection's read buffer
 		}
 		it := relay.Item{First: b.First, Last: b.Last, LogBefore: m.intakeLast, Data: own}
 		m.relayOpen = append(m.relayOpen, seqRange{b.First, b.Last})
@@ -550,13 +506,6 @@ func (m *machine) relayBatch(ctx context.Context, b *wire.Batch, data []byte, c 
 		m.mu.Unlock()
 		if pushed {
 			return true, nil
-		}
-		if captured {
-			return false, nil // data stays valid after Keep: the caller logs it
-		}
-		if deadline == nil {
-			deadline = time.NewTimer(relayWait)
-			defer deadline.Stop()
 		}
 		select {
 		case <-ctx.Done():
