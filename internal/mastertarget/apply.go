@@ -35,6 +35,7 @@ func (m *machine) runApply(ctx context.Context) {
 	// the intake log with the relayed copies, in sequence order.
 	type item struct {
 		b   wire.Batch
+		buf []byte // what b's records point into: back to the pool once applied
 		err error
 	}
 	// Bounded so read-ahead holds at most a few batches (8 MiB each) in memory.
@@ -44,14 +45,16 @@ func (m *machine) runApply(ctx context.Context) {
 		err := relay.Merge(ctx, m.intake, m.relay, from, func(e relay.Entry) error {
 			data := e.Data
 			if e.FromLog {
-				data = append([]byte(nil), e.Data...) // the log reader reuses its buffer
+				// The log reader reuses its buffer.
+				data = m.bufs.Get(len(e.Data))
+				copy(data, e.Data)
 			}
 			b, err := wire.DecodeBatch(data)
 			if err != nil {
 				err = fmt.Errorf("intake entry %d..%d: %w", e.First, e.Last, err)
 			}
 			select {
-			case entries <- item{b: b, err: err}:
+			case entries <- item{b: b, buf: data, err: err}:
 			case <-ctx.Done():
 				return ctx.Err()
 			}
@@ -75,6 +78,13 @@ func (m *machine) runApply(ctx context.Context) {
 	defer tick.Stop()
 	var pending []wire.Record
 	var pendingBytes int
+	// held lists the buffers pending records point into, in order, each
+	// with the last seq that uses it.
+	type heldBuf struct {
+		last uint64
+		buf  []byte
+	}
+	var held []heldBuf
 	take := func(it item, ok bool) bool {
 		if !ok {
 			return false
@@ -89,7 +99,19 @@ func (m *machine) runApply(ctx context.Context) {
 			pending = append(pending, rec)
 			pendingBytes += len(rec.Data)
 		}
+		if n := len(it.b.Records); n > 0 {
+			held = append(held, heldBuf{it.b.Records[n-1].Seq, it.buf})
+		}
 		return true
+	}
+	release := func(through uint64) {
+		k := 0
+		for k < len(held) && held[k].last <= through {
+			m.bufs.Put(held[k].buf)
+			held[k] = heldBuf{}
+			k++
+		}
+		held = held[k:]
 	}
 	idle := time.NewTimer(time.Hour)
 	idle.Stop()
@@ -186,6 +208,7 @@ func (m *machine) runApply(ctx context.Context) {
 		for _, rec := range pending[:ready] {
 			pendingBytes -= len(rec.Data)
 		}
+		release(pending[ready-1].Seq)
 		clear(pending[:ready])
 		pending = pending[ready:]
 		unsynced += n

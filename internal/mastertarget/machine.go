@@ -50,6 +50,9 @@ type machine struct {
 	wg      sync.WaitGroup
 	// directBuf stages copies for uncached replica writes; apply's only.
 	directBuf []byte
+	// bufs recycles batch buffers: relayed frames' (from the session) and
+	// intake entries' copies, given back once apply has written them.
+	bufs *wire.BufferPool
 
 	mu         sync.Mutex
 	cond       *sync.Cond
@@ -89,7 +92,7 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 		return nil, fmt.Errorf("invalid machine name %q", name)
 	}
 	dir := filepath.Join(s.cfg.DataDir, name)
-	m := &machine{s: s, name: name, dir: dir, notify: make(chan struct{}, 1), relay: relay.NewQueue(max(s.cfg.RelayBytes, 0))}
+	m := &machine{s: s, name: name, dir: dir, notify: make(chan struct{}, 1), relay: relay.NewQueue(max(s.cfg.RelayBytes, 0)), bufs: wire.NewBufferPool(16)}
 	m.cond = sync.NewCond(&m.mu)
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	switch {
@@ -326,6 +329,7 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 		m.mu.Unlock()
 	}()
 	lg := m.s.log.With("machine", m.name)
+	c.SetPool(m.bufs)
 	if err := c.WriteJSON(wire.TypeWelcome, w); err != nil {
 		lg.Warn("welcoming process server", "err", err)
 		return

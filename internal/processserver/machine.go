@@ -18,7 +18,8 @@ type machine struct {
 	s     *Server
 	name  string
 	log   *seglog.Log
-	relay *relay.Queue // copies on their way to the master target, not cached
+	relay *relay.Queue     // copies on their way to the master target, not cached
+	bufs  *wire.BufferPool // relayed frames' buffers, back from the forwarder once sent
 	wg    sync.WaitGroup
 
 	mu          sync.Mutex
@@ -86,6 +87,7 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 		m.mu.Unlock()
 	}()
 	lg := m.s.log.With("machine", m.name)
+	c.SetPool(m.bufs)
 	if err := c.WriteJSON(wire.TypeWelcome, w); err != nil {
 		lg.Warn("welcoming agent", "err", err)
 		return
@@ -386,6 +388,9 @@ func (m *machine) forward(ctx context.Context) error {
 				m.relaySent = max(m.relaySent, e.Last)
 			}
 			m.mu.Unlock()
+			if !e.FromLog {
+				m.bufs.Put(e.Data) // sent: nothing refers to it any more
+			}
 			return nil
 		})
 	}()

@@ -185,7 +185,14 @@ type Conn struct {
 
 	// Counters for reporting compression ratio; guarded by wmu.
 	rawOut, wireOut uint64
+
+	pool *BufferPool // where the read buffer comes from after Keep; may be nil
 }
+
+// SetPool makes the connection take its read buffer from p when it needs a
+// new one (after Keep handed the last one over, or for a larger frame).
+// Call it before the first ReadFrame.
+func (c *Conn) SetPool(p *BufferPool) { c.pool = p }
 
 // NewConn wraps a stream (normally a *tls.Conn).
 func NewConn(rw io.ReadWriter) *Conn {
@@ -263,7 +270,8 @@ func (c *Conn) ReadFrame() (Type, []byte, error) {
 		return 0, nil, fmt.Errorf("wire: %w", err)
 	}
 	if cap(c.rbuf) < int(h.Length) {
-		c.rbuf = make([]byte, h.Length)
+		c.pool.Put(c.rbuf)
+		c.rbuf = c.pool.Get(int(h.Length))
 	}
 	body := c.rbuf[:h.Length]
 	if _, err := io.ReadFull(c.br, body); err != nil {
