@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
 	"syscall"
@@ -27,7 +28,12 @@ func main() {
 	var profile string
 	var profFile *os.File
 	root.PersistentFlags().StringVar(&profile, "cpu-profile", "", "write a Go CPU profile of the whole run to this file (for diagnosing throughput)")
+	var maxProcs int
+	root.PersistentFlags().IntVar(&maxProcs, "max-procs", 0, "run Go code on at most this many CPUs at once (GOMAXPROCS; 0: all)")
 	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		if maxProcs > 0 {
+			runtime.GOMAXPROCS(maxProcs)
+		}
 		if profile == "" {
 			return nil
 		}
