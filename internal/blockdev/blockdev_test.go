@@ -437,15 +437,7 @@ func losetup(t *testing.T, file string) string {
 // An uncached read must see buffered writes not yet written back, and
 // unaligned requests must still be served (through the cache).
 func TestReadDirectSeesBufferedWrites(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "d.img")
-	if err := Create(p, 8<<20); err != nil {
-		t.Fatal(err)
-	}
-	d, err := Open(p, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
+	d := openT(t, newFile(t, 8<<20), false)
 	want := bytes.Repeat([]byte("standby!"), 64<<10/8)
 	if _, err := d.WriteAt(want, 1<<20); err != nil {
 		t.Fatal(err)
@@ -476,14 +468,8 @@ func TestReadDirectSeesBufferedWrites(t *testing.T) {
 // cache, from an unaligned buffer too; unaligned ranges go through the
 // cache; and the data is there after a reopen.
 func TestWriteDirectCoherentWithCache(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "d.img")
-	if err := Create(p, 8<<20); err != nil {
-		t.Fatal(err)
-	}
-	d, err := Open(p, false)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := newFile(t, 8<<20)
+	d := openT(t, p, false)
 	old := bytes.Repeat([]byte("old-data"), 128<<10/8)
 	if _, err := d.WriteAt(old, 1<<20); err != nil {
 		t.Fatal(err)
@@ -530,10 +516,5 @@ func TestWriteDirectCoherentWithCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	d.Close()
-	d, err = Open(p, false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	check(d)
+	check(openT(t, p, false))
 }

@@ -53,10 +53,7 @@ func (d *Disk) ReadDirect(p []byte, off int64) (int, error) {
 	}
 	n, err := f.ReadAt(p, off)
 	if errors.Is(err, unix.EINVAL) {
-		// Some file systems accept O_DIRECT at open and refuse the I/O.
-		d.direct.mu.Lock()
-		d.direct.off = true
-		d.direct.mu.Unlock()
+		d.directRefused()
 		return d.ReadAt(p, off)
 	}
 	if err != nil {
@@ -98,15 +95,21 @@ func (d *Disk) WriteDirect(p []byte, off int64, scratch *[]byte) (int, error) {
 	}
 	n, err := f.WriteAt(buf, off)
 	if errors.Is(err, unix.EINVAL) && n == 0 {
-		d.direct.mu.Lock()
-		d.direct.off = true
-		d.direct.mu.Unlock()
+		d.directRefused()
 		return d.WriteAt(p, off)
 	}
 	if err != nil {
 		return n, fmt.Errorf("blockdev: writing %d bytes at %d to %s uncached: %w", len(p), off, d.path, err)
 	}
 	return n, nil
+}
+
+// directRefused turns uncached I/O off for good: some file systems accept
+// O_DIRECT at open and refuse the I/O.
+func (d *Disk) directRefused() {
+	d.direct.mu.Lock()
+	d.direct.off = true
+	d.direct.mu.Unlock()
 }
 
 func (d *Disk) directFile() *os.File {

@@ -436,15 +436,15 @@ func (m *machine) apply(rec wire.Record) (int64, error) {
 	}
 	switch rec.Op {
 	case wire.OpWrite, wire.OpCopy:
-		write := m.replica[rec.Disk].WriteAt
+		var err error
 		if rec.Op == wire.OpCopy && len(rec.Data) >= directMin {
 			// Large copies (an initial copy) are block-aligned and not
 			// read back soon: past the page cache (blockdev.WriteDirect).
-			write = func(p []byte, off int64) (int, error) {
-				return m.replica[rec.Disk].WriteDirect(p, off, &m.directBuf)
-			}
+			_, err = m.replica[rec.Disk].WriteDirect(rec.Data, int64(rec.Offset), &m.directBuf)
+		} else {
+			_, err = m.replica[rec.Disk].WriteAt(rec.Data, int64(rec.Offset))
 		}
-		if _, err := write(rec.Data, int64(rec.Offset)); err != nil {
+		if err != nil {
 			return 0, fmt.Errorf("applying seq %d to %s: %w", rec.Seq, m.layout[rec.Disk].Name, err)
 		}
 		n = int64(len(rec.Data))

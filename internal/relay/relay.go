@@ -194,21 +194,25 @@ func Merge(ctx context.Context, lg *seglog.Log, q *Queue, from uint64, emit func
 		}
 	}()
 	logDone := from - 1 // log entries through logDone have been handed on (or skipped)
+	// emitHead hands on the queue's oldest item, or drops it unseen when
+	// it ends before from, and pops it.
+	emitHead := func(it Item) error {
+		if it.Last >= from {
+			if err := emit(Entry{First: it.First, Last: it.Last, Data: it.Data}); err != nil {
+				return err
+			}
+		}
+		q.Pop()
+		return nil
+	}
 	for {
 		// Taken before Peek, so a push between the two still wakes us.
 		changed := q.Changed()
-		if it, ok := q.Peek(); ok {
-			if it.Last < from {
-				q.Pop()
-				continue
+		if it, ok := q.Peek(); ok && (it.Last < from || it.LogBefore <= logDone) {
+			if err := emitHead(it); err != nil {
+				return err
 			}
-			if it.LogBefore <= logDone {
-				if err := emit(Entry{First: it.First, Last: it.Last, Data: it.Data}); err != nil {
-					return err
-				}
-				q.Pop()
-				continue
-			}
+			continue
 		}
 		select {
 		case <-ctx.Done():
@@ -227,13 +231,10 @@ func Merge(ctx context.Context, lg *seglog.Log, q *Queue, from uint64, emit func
 				if !ok || it.Last >= li.e.First {
 					break
 				}
-				if it.Last >= from {
-					if err := emit(Entry{First: it.First, Last: it.Last, Data: it.Data}); err != nil {
-						close(li.done)
-						return err
-					}
+				if err := emitHead(it); err != nil {
+					close(li.done)
+					return err
 				}
-				q.Pop()
 			}
 			err := emit(Entry{First: li.e.First, Last: li.e.Last, Data: li.e.Data, FromLog: true})
 			close(li.done)

@@ -164,4 +164,3 @@ func TestQueueBound(t *testing.T) {
 		t.Fatal("room after pop refused")
 	}
 }
-
