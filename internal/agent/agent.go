@@ -299,7 +299,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			exports = append(exports, &nbd.Export{Name: d.cfg.Name, Description: a.cfg.Machine + "/" + d.cfg.Name, Backend: d})
 		}
 	}
-	srv := &nbd.Server{Logger: a.log, Exports: func() []*nbd.Export { return exports }}
+	// Write payloads are read into the queue's pool and kept by it.
+	srv := &nbd.Server{Logger: a.log, Exports: func() []*nbd.Export { return exports }, Buffers: &a.q.bufs}
 	for _, spec := range a.cfg.NBDListen {
 		ln, err := listenSpec(spec)
 		if err != nil {
@@ -476,8 +477,17 @@ func (a *Agent) session(ctx context.Context) error {
 	a.log.Info("connected to process server", "addr", a.cfg.ProcessServer, "cached", w.Cached, "durable", w.Durable)
 
 	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	errc := make(chan error, 2)
+	// The sender must be gone before the next session acknowledges
+	// records from its Welcome: their pooled buffers go back then, and
+	// must not be lent out while this sender still copies from them.
+	// Cancelling wakes it in nextBatch, closing in WriteFrame.
+	var sender sync.WaitGroup
+	defer func() {
+		cancel()
+		c.Close()
+		sender.Wait()
+	}()
 	go func() {
 		for {
 			t, p, err := c.ReadFrame()
@@ -505,7 +515,7 @@ func (a *Agent) session(ctx context.Context) error {
 			}
 		}
 	}()
-	go func() {
+	sender.Go(func() {
 		stop := context.AfterFunc(sctx, a.q.wake)
 		defer stop()
 		buf := make([]byte, 0, a.cfg.BatchBytes+1<<20)
@@ -519,12 +529,13 @@ func (a *Agent) session(ctx context.Context) error {
 				return
 			}
 			buf = wire.AppendBatch(buf[:0], &b)
+			a.q.encoded()
 			if err := c.WriteFrame(wire.TypeBatch, buf, wire.CodecNone); err != nil {
 				errc <- err
 				return
 			}
 		}
-	}()
+	})
 	select {
 	case err := <-errc:
 		return err

@@ -115,21 +115,28 @@ func (d *disk) ReadAt(_ context.Context, p []byte, off int64) error {
 }
 
 func (d *disk) WriteAt(ctx context.Context, p []byte, off int64, fua bool) error {
+	return d.WriteAtKeep(ctx, d.a.q.captureBuf(p), len(p), off, fua)
+}
+
+// WriteAtKeep is WriteAt for a payload in a buffer of the queue's pool
+// (the NBD server reads payloads into that pool): the queue keeps the
+// buffer itself instead of a copy (nbd.BufferKeeper).
+func (d *disk) WriteAtKeep(ctx context.Context, buf *[]byte, size int, off int64, fua bool) error {
 	d.a.gate.enter()
 	defer d.a.gate.leave()
-	n := int64(len(p))
+	p, n := (*buf)[:size], int64(size)
 	if err := d.tracker.BeginWrite(ctx, off, n); err != nil {
+		d.a.q.bufs.Put(buf)
 		return fmt.Errorf("recording write to %s in the activity log: %w", d.cfg.Name, err)
 	}
 	unlock := d.locks.lock(off, n)
 	if _, err := d.dev.WriteAt(p, off); err != nil {
 		unlock()
+		d.a.q.bufs.Put(buf)
 		d.failed(off, n)
 		return fmt.Errorf("writing %s at %d: %w", d.cfg.Name, off, err)
 	}
-	data := make([]byte, n)
-	copy(data, p)
-	d.a.q.pushCaptured(d, wire.Record{Op: wire.OpWrite, Disk: d.index, Offset: uint64(off), Length: uint32(n), Data: data})
+	d.a.q.pushCaptured(d, wire.Record{Op: wire.OpWrite, Disk: d.index, Offset: uint64(off), Length: uint32(n), Data: p}, buf)
 	unlock()
 	if fua {
 		return d.flush()
@@ -170,7 +177,7 @@ func (d *disk) zero(ctx context.Context, off, n int64, fua, unmap bool) error {
 	for o := off; o < off+n; o += wire.MaxRecordLength {
 		l := min(off+n-o, wire.MaxRecordLength)
 		d.tracker.BeginWrite(ctx, o, l) //nolint:errcheck // already covered: same extents, only the pending count matters
-		d.a.q.pushCaptured(d, wire.Record{Op: wire.OpZero, Disk: d.index, Offset: uint64(o), Length: uint32(l)})
+		d.a.q.pushCaptured(d, wire.Record{Op: wire.OpZero, Disk: d.index, Offset: uint64(o), Length: uint32(l)}, nil)
 	}
 	d.tracker.EndWrite(off, n)
 	unlock()

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"standby/internal/bufpool"
 	"standby/internal/wire"
 )
 
@@ -13,6 +14,7 @@ import (
 type qrec struct {
 	wire.Record
 	disk *disk
+	buf  *[]byte // the pooled buffer Data lies in (captured writes), nil otherwise
 }
 
 // queue is the agent's in-memory change log: one sequence for the whole
@@ -58,6 +60,14 @@ type queue struct {
 	disks    []*disk
 	gen      uint64 // bumped whenever unconfirmed copies are forgotten
 	closed   bool
+
+	// bufs holds captured writes' data. A buffer goes back when its record
+	// is acknowledged: the process server has it, so the sender is done
+	// with it. encoding is set while the sender copies a batch out of
+	// records it took, so an overflow leaves those buffers to the
+	// collector instead of lending them to a new write mid-copy.
+	bufs     bufpool.Pool
+	encoding bool
 }
 
 type stamp struct {
@@ -93,11 +103,19 @@ func (q *queue) nextSeqLocked() uint64 {
 	return s
 }
 
-// pushCaptured queues a captured write or zero. It returns false when the
-// queue is in bitmap mode: the caller's range has then been marked dirty.
-// The caller holds the region lock, which is what makes seq order match the
-// order of overlapping writes on the disk.
-func (q *queue) pushCaptured(d *disk, r wire.Record) bool {
+// captureBuf returns a buffer from the queue's pool holding a copy of p.
+func (q *queue) captureBuf(p []byte) *[]byte {
+	b := q.bufs.Get(len(p))
+	copy(*b, p)
+	return b
+}
+
+// pushCaptured queues a captured write or zero; buf, when not nil, is the
+// pooled buffer r.Data lies in (from captureBuf), owned by the queue from
+// here on. It returns false when the queue is in bitmap mode: the caller's
+// range has then been marked dirty. The caller holds the region lock, which
+// is what makes seq order match the order of overlapping writes on the disk.
+func (q *queue) pushCaptured(d *disk, r wire.Record, buf *[]byte) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	need := int64(len(r.Data)) + 64
@@ -111,10 +129,11 @@ func (q *queue) pushCaptured(d *disk, r wire.Record) bool {
 		d.tracker.MarkDirty(int64(r.Offset), int64(r.Length))
 		d.tracker.EndWrite(int64(r.Offset), int64(r.Length))
 		d.kick()
+		q.bufs.Put(buf)
 		return false
 	}
 	r.Seq = q.nextSeqLocked()
-	q.recs = append(q.recs, qrec{Record: r, disk: d})
+	q.recs = append(q.recs, qrec{Record: r, disk: d, buf: buf})
 	q.bytes += int64(len(r.Data)) + 64
 	q.cond.Broadcast()
 	return true
@@ -224,7 +243,10 @@ func (q *queue) overflowLocked() {
 		q.disks[0].a.log.Warn("change queue full: falling back to the dirty bitmap until the process server catches up", "queued_bytes", q.bytes, "limit", q.limit, "cached_seq", q.cached)
 	}
 	disks := map[*disk]bool{}
-	for _, r := range q.recs[q.head:] {
+	for i, r := range q.recs[q.head:] {
+		if !q.encoding || q.head+i >= q.sent {
+			q.bufs.Put(r.buf)
+		}
 		if r.disk == nil {
 			continue
 		}
@@ -306,6 +328,7 @@ func (q *queue) ack(a wire.Ack) {
 		if r.Op == wire.OpCopy || r.Op == wire.OpCopyZero {
 			q.copies -= sz
 		}
+		q.bufs.Put(r.buf)
 		q.recs[i] = qrec{}
 		i++
 	}
@@ -395,7 +418,16 @@ func (q *queue) nextBatch(ctx context.Context, maxBytes int) (wire.Batch, error)
 		q.sent++
 	}
 	b.First, b.Last = b.Records[0].Seq, b.Records[len(b.Records)-1].Seq
+	q.encoding = true
 	return b, nil
+}
+
+// encoded tells the queue the sender has copied the batch from nextBatch
+// out of its records.
+func (q *queue) encoded() {
+	q.mu.Lock()
+	q.encoding = false
+	q.mu.Unlock()
 }
 
 // errRetry: nothing left to send after lingering (an overflow dropped it).

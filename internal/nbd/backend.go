@@ -24,6 +24,16 @@ type Backend interface {
 	WriteZeroes(ctx context.Context, off, length int64, fua, noHole bool) error
 }
 
+// BufferKeeper is optionally implemented by a Backend that keeps a write's
+// payload rather than copying it (the agent queues it for replication).
+// The server then calls WriteAtKeep instead of WriteAt: the payload is
+// (*buf)[:n], in a buffer from the Server's Buffers pool, and the backend
+// owns the buffer from the call on, error or not, and gives it back to
+// that pool when it is done with it.
+type BufferKeeper interface {
+	WriteAtKeep(ctx context.Context, buf *[]byte, n int, off int64, fua bool) error
+}
+
 // Extenter is optionally implemented by a Backend that knows which ranges
 // are holes. It backs NBD_CMD_BLOCK_STATUS for the "base:allocation" meta
 // context, which lets clients such as nbdcopy skip unallocated ranges.

@@ -11,6 +11,8 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+
+	"standby/internal/bufpool"
 )
 
 // conn is one connection in the transmission phase. A single goroutine reads
@@ -24,7 +26,7 @@ type conn struct {
 	sess    *session
 	backend Backend
 	size    uint64
-	bufs    *bufPool
+	bufs    *bufpool.Pool
 	sem     chan struct{}
 	log     *slog.Logger
 	ctx     context.Context
@@ -118,9 +120,9 @@ func (c *conn) readLoop() error {
 				c.replyError(req, errnoInval, "write of %d bytes exceeds the maximum payload of %d", req.length, MaxPayload)
 				continue
 			}
-			buf = c.bufs.get(int(req.length))
+			buf = c.bufs.Get(int(req.length))
 			if _, err := io.ReadFull(c.br, (*buf)[:req.length]); err != nil {
-				c.bufs.put(buf)
+				c.bufs.Put(buf)
 				return fmt.Errorf("nbd: reading %d-byte write payload: %w", req.length, err)
 			}
 		}
@@ -214,7 +216,7 @@ func (c *conn) check(req request) (uint32, string) {
 
 func (c *conn) handle(req request, buf *[]byte, weight int) {
 	defer func() {
-		c.bufs.put(buf)
+		c.bufs.Put(buf)
 		for range weight {
 			<-c.sem
 		}
@@ -233,6 +235,12 @@ func (c *conn) handle(req request, buf *[]byte, weight int) {
 		c.read(req)
 		return
 	case cmdWrite:
+		if k, ok := c.backend.(BufferKeeper); ok {
+			b := buf
+			buf = nil // the backend's now, whatever it returns
+			err = k.WriteAtKeep(ctx, b, int(n), off, fua)
+			break
+		}
 		err = c.backend.WriteAt(ctx, (*buf)[:n], off, fua)
 	case cmdFlush:
 		err = c.backend.Flush(ctx)
@@ -265,8 +273,8 @@ func (c *conn) read(req request) {
 		}
 		return
 	}
-	buf := c.bufs.get(int(req.length))
-	defer c.bufs.put(buf)
+	buf := c.bufs.Get(int(req.length))
+	defer c.bufs.Put(buf)
 	p := (*buf)[:req.length]
 	if err := c.backend.ReadAt(c.ctx, p, int64(req.offset)); err != nil {
 		c.log.Warn("nbd: read failed", "offset", req.offset, "length", req.length, "err", err)

@@ -10,6 +10,8 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"standby/internal/bufpool"
 )
 
 func FuzzRequestHeader(f *testing.F) {
@@ -148,7 +150,7 @@ func FuzzTransmission(f *testing.F) {
 			cliEnd.Write(in)
 			cliEnd.Close()
 		}()
-		var bufs bufPool
+		var bufs bufpool.Pool
 		c := &conn{
 			nc: srvEnd, br: bufio.NewReader(srvEnd), bw: bufio.NewWriter(srvEnd),
 			sess: sess, backend: mem, size: uint64(mem.Size()), bufs: &bufs,

@@ -6,6 +6,7 @@ package nbd
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"net"
 	"sync"
 	"time"
+
+	"standby/internal/bufpool"
 )
 
 // Server serves exports over any stream listener (TCP or Unix sockets).
@@ -32,8 +35,11 @@ type Server struct {
 	// the payload memory one connection can pin to about MaxInFlight MiB
 	// (plus one maximum payload). Zero means 64.
 	MaxInFlight int
+	// Buffers lends write payload buffers; nil means a pool of the
+	// server's own. A BufferKeeper backend gives buffers back to it.
+	Buffers *bufpool.Pool
 
-	bufs bufPool
+	bufs bufpool.Pool
 }
 
 const (
@@ -163,7 +169,7 @@ func (s *Server) serveConn(ctx context.Context, nc net.Conn) {
 		sess:    sess,
 		backend: sess.export.Backend,
 		size:    uint64(sess.export.Backend.Size()),
-		bufs:    &s.bufs,
+		bufs:    cmp.Or(s.Buffers, &s.bufs),
 		sem:     make(chan struct{}, maxInFlight),
 		log:     log,
 	}

@@ -8,10 +8,13 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"path/filepath"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"standby/internal/bufpool"
 )
 
 // TestRoundTripModel drives random reads, writes, trims and zeroes through
@@ -534,5 +537,63 @@ func TestDialErrors(t *testing.T) {
 	}
 	if err := c.ReadAt(make([]byte, 1), 0); err == nil {
 		t.Fatal("read after Close succeeded")
+	}
+}
+
+// keeperBackend keeps every write's buffer until the test gives them back.
+type keeperBackend struct {
+	*memBackend
+	mu   sync.Mutex
+	kept []*[]byte
+	n    []int
+}
+
+func (k *keeperBackend) WriteAt(context.Context, []byte, int64, bool) error {
+	return errors.New("WriteAt called on a BufferKeeper")
+}
+
+func (k *keeperBackend) WriteAtKeep(ctx context.Context, buf *[]byte, n int, off int64, fua bool) error {
+	k.mu.Lock()
+	k.kept = append(k.kept, buf)
+	k.n = append(k.n, n)
+	k.mu.Unlock()
+	return k.memBackend.WriteAt(ctx, (*buf)[:n], off, fua)
+}
+
+// A BufferKeeper backend gets write payloads in buffers of the server's
+// Buffers pool, which the server then leaves alone: payloads written later
+// must not land in a buffer the backend still holds.
+func TestBufferKeeperOwnsPayloads(t *testing.T) {
+	var pool bufpool.Pool
+	k := &keeperBackend{memBackend: newMemBackend(1 << 20)}
+	sock := filepath.Join(t.TempDir(), "nbd.sock")
+	uln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &Server{Logger: testLogger(t), Exports: func() []*Export { return []*Export{{Name: "d", Backend: k}} }, Buffers: &pool}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, uln) }()
+	defer func() { cancel(); <-done }()
+	c := dialT(t, "unix", sock, "d", dialOptions{})
+	r := rand.New(rand.NewPCG(1, 2))
+	var want [][]byte
+	for i := range 200 {
+		data := randBytes(r, 1+r.IntN(20000))
+		if err := c.WriteAt(data, int64(i)*4096, false); err != nil {
+			t.Fatal(err)
+		}
+		want = append(want, data)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if len(k.kept) != len(want) {
+		t.Fatalf("backend kept %d buffers, want %d", len(k.kept), len(want))
+	}
+	for i, b := range k.kept {
+		if !bytes.Equal((*b)[:k.n[i]], want[i]) {
+			t.Fatalf("kept buffer %d changed after the server handed it over", i)
+		}
 	}
 }

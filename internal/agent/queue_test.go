@@ -1,0 +1,215 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"standby/internal/wire"
+)
+
+// newTestAgent opens an agent on one 16 MiB disk file without running it:
+// the queue and the NBD backend of the disk are driven directly.
+func newTestAgent(t *testing.T, queueBytes int64) (*Agent, *disk) {
+	t.Helper()
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(img, 16<<20); err != nil {
+		t.Fatal(err)
+	}
+	a, err := New(Config{
+		Machine: "m", StateDir: filepath.Join(dir, "state"), ProcessServer: "unused:1",
+		Disks:      []DiskConfig{{Name: "disk0", Path: img}},
+		QueueBytes: queueBytes, QueueHold: -1, SendLinger: -1,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.closeDisks)
+	return a, a.disks[0]
+}
+
+// capturedOnly drops the markers and copies a fresh agent queues for its
+// initial sync, so tests see only what they wrote.
+func capturedOnly(recs []wire.Record) []wire.Record {
+	var out []wire.Record
+	for _, r := range recs {
+		if r.Op == wire.OpWrite || r.Op == wire.OpZero {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
+func TestCapturedWritesKeepTheirBytesUntilAcknowledged(t *testing.T) {
+	a, d := newTestAgent(t, 64<<20)
+	ctx := context.Background()
+	want := map[uint64][]byte{}
+	for i := range 64 {
+		p := bytes.Repeat([]byte{byte(i + 1)}, 4096*(1+i%3))
+		off := uint64(i) * 64 << 10
+		if err := d.WriteAt(ctx, p, int64(off), false); err != nil {
+			t.Fatal(err)
+		}
+		want[off] = p
+	}
+	b, err := a.q.nextBatch(ctx, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Acknowledge everything before the first captured write: the
+	// buffers handed back must not be those of the batch.
+	recs := capturedOnly(b.Records)
+	a.q.encoded()
+	if len(recs) != 64 {
+		t.Fatalf("batch holds %d captured writes, want 64", len(recs))
+	}
+	a.q.ack(wire.Ack{Cached: recs[0].Seq - 1})
+	// New writes take buffers from the pool; none may be one still queued.
+	for i := range 64 {
+		p := bytes.Repeat([]byte{0xEE}, 4096)
+		if err := d.WriteAt(ctx, p, int64(8<<20+i*4096), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range recs {
+		if !bytes.Equal(r.Data, want[r.Offset]) {
+			t.Fatalf("record at %d changed while queued", r.Offset)
+		}
+	}
+	// Once acknowledged the records leave the queue.
+	a.q.ack(wire.Ack{Cached: recs[len(recs)-1].Seq})
+	if st := a.q.stats(); st.Records != 64 {
+		t.Fatalf("%d records left after the acknowledgment, want the 64 written after it", st.Records)
+	}
+}
+
+// An overflow while the sender copies a batch out of its records must not
+// lend those records' buffers to new writes.
+func TestOverflowDuringEncodingKeepsBatchBytes(t *testing.T) {
+	a, d := newTestAgent(t, 1<<20)
+	ctx := context.Background()
+	b, err := a.q.nextBatch(ctx, 64<<20) // the initial-sync markers
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	a.q.ack(wire.Ack{Cached: b.Last})
+	for i := range 8 {
+		if err := d.WriteAt(ctx, bytes.Repeat([]byte{byte(0x10 + i)}, 64<<10), int64(i)<<16, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err = a.q.nextBatch(ctx, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := capturedOnly(b.Records)
+	if len(recs) != 8 {
+		t.Fatalf("batch holds %d writes, want 8", len(recs))
+	}
+	// Still "encoding": overflow the queue with more writes than it holds.
+	for i := range 32 {
+		if err := d.WriteAt(ctx, bytes.Repeat([]byte{0xAA}, 64<<10), int64(2<<20+i<<16), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st := a.q.stats()
+	if !st.BitmapMode || st.Overflows == 0 {
+		t.Fatalf("queue did not overflow: %+v", st)
+	}
+	// Leave bitmap mode (the process server caught up) and write again:
+	// these writes take buffers from the pool.
+	a.q.ack(wire.Ack{Cached: a.q.stats().LastSeq})
+	if a.q.stats().BitmapMode {
+		t.Fatal("still in bitmap mode after everything was acknowledged")
+	}
+	for i := range 32 {
+		if err := d.WriteAt(ctx, bytes.Repeat([]byte{0xBB}, 64<<10), int64(4<<20+i<<16), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, r := range recs {
+		if !bytes.Equal(r.Data, bytes.Repeat([]byte{byte(0x10 + i)}, 64<<10)) {
+			t.Fatalf("record %d of the batch being encoded was overwritten after the overflow", i)
+		}
+	}
+	a.q.encoded()
+	// The overflowed ranges are dirty: nothing written is lost.
+	if got := d.tracker.DirtyBytes(); got < 32<<16 {
+		t.Fatalf("dirty bytes after overflow %d, want at least %d", got, 32<<16)
+	}
+}
+
+func TestNextBatchReturnsOnCancel(t *testing.T) {
+	// session() cancels and wakes a sender blocked in nextBatch, then
+	// waits for it: the wait must end.
+	a, _ := newTestAgent(t, 1<<20)
+	b, err := a.q.nextBatch(context.Background(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	a.q.ack(wire.Ack{Cached: b.Last})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.q.nextBatch(ctx, 1<<20)
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	cancel()
+	a.q.wake()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("nextBatch returned a batch from an empty queue")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("nextBatch did not return after cancel and wake")
+	}
+}
+
+// The NBD server hands write payloads over in buffers of the queue's pool;
+// the queue keeps them and gives them back when acknowledged.
+func TestWriteAtKeepQueuesTheBufferItself(t *testing.T) {
+	a, d := newTestAgent(t, 64<<20)
+	ctx := context.Background()
+	b, err := a.q.nextBatch(ctx, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	a.q.ack(wire.Ack{Cached: b.Last})
+	buf := a.q.bufs.Get(8192)
+	for i := range *buf {
+		(*buf)[i] = byte(i)
+	}
+	if err := d.WriteAtKeep(ctx, buf, 6000, 1<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	b, err = a.q.nextBatch(ctx, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	if len(b.Records) != 1 || len(b.Records[0].Data) != 6000 || &b.Records[0].Data[0] != &(*buf)[0] {
+		t.Fatalf("queued record does not hold the handed-over buffer: %+v", b.Records)
+	}
+	got := make([]byte, 6000)
+	if _, err := d.dev.ReadAt(got, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, (*buf)[:6000]) {
+		t.Fatal("disk does not hold the written bytes")
+	}
+}

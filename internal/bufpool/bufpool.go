@@ -1,0 +1,68 @@
+// Package bufpool lends byte buffers in power-of-two size classes, so that
+// a 4 KiB write does not pin a 32 MiB buffer and a steady workload
+// allocates nothing.
+//
+// On the development VM (a PVM guest whose freed memory goes back to the
+// host) the first touch of newly allocated memory is a fault in the host:
+// a fresh buffer per captured write cost the agent more CPU than writing
+// the data to disk (docs/benchmarks.md). Recycled buffers are already
+// faulted in.
+package bufpool
+
+import (
+	"math/bits"
+	"sync"
+)
+
+const (
+	minShift = 12 // 4 KiB
+	// MaxSize is the largest buffer lent; larger requests are allocated
+	// and not taken back.
+	MaxSize  = 1 << maxShift
+	maxShift = 25 // 32 MiB
+	numClass = maxShift - minShift + 1
+)
+
+// Pool is safe for concurrent use; its zero value is ready to use. Spare
+// buffers live in sync.Pools, so an idle pool is emptied by the garbage
+// collector rather than holding memory forever.
+type Pool struct {
+	classes [numClass]sync.Pool
+}
+
+func class(n int) int {
+	if n <= 1<<minShift {
+		return 0
+	}
+	return bits.Len(uint(n-1)) - minShift
+}
+
+// Get returns a buffer with len(*b) >= n (its whole class size). Pointers
+// are pooled rather than slices so Put does not allocate.
+func (p *Pool) Get(n int) *[]byte {
+	if n > MaxSize {
+		b := make([]byte, n)
+		return &b
+	}
+	c := class(n)
+	if v := p.classes[c].Get(); v != nil {
+		return v.(*[]byte)
+	}
+	b := make([]byte, 1<<(c+minShift))
+	return &b
+}
+
+// Put takes back a buffer from Get. The caller must not touch it again.
+// Buffers of other sizes (not from Get) are dropped, so a class only ever
+// holds buffers of its own size.
+func (p *Pool) Put(b *[]byte) {
+	if b == nil {
+		return
+	}
+	n := cap(*b)
+	if n < 1<<minShift || n > MaxSize || n&(n-1) != 0 {
+		return
+	}
+	*b = (*b)[:n]
+	p.classes[class(n)].Put(b)
+}
