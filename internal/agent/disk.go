@@ -217,10 +217,14 @@ func (d *disk) readCopy(off, n int64) error {
 	defer unlock()
 	err := d.dev.Extents(off, n, func(eo, en int64, data bool) error {
 		if !data {
-			d.a.q.pushCopy(d, wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(eo), Length: uint32(en)})
+			d.a.q.pushCopy(d, wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(eo), Length: uint32(en)}, nil)
 			return nil
 		}
-		buf := blockdev.AlignedBuffer(int(en))
+		// A recycled buffer: a fresh one costs a fault per page on its
+		// first touch here (see internal/bufpool).
+		sb := d.a.q.newShared(d.a.q.bufs.Get(int(en)))
+		defer d.a.q.unshare(sb)
+		buf := (*sb.b)[:en]
 		if _, err := d.dev.ReadDirect(buf, eo); err != nil {
 			return err
 		}
@@ -233,16 +237,19 @@ func (d *disk) readCopy(off, n int64) error {
 			}
 			end = min(end, en)
 			r := wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(eo + start), Length: uint32(end - start)}
+			var shared *sharedBuf
 			if !zero {
 				r.Op = wire.OpCopy
 				r.Data = buf[start:end]
+				shared = sb
 				if 4*(end-start) < en {
 					// A small run would pin the whole buffer while queued.
 					r.Data = append([]byte(nil), r.Data...)
+					shared = nil
 				}
 				d.copiedData.Add(end - start)
 			}
-			d.a.q.pushCopy(d, r)
+			d.a.q.pushCopy(d, r, shared)
 			start = end
 		}
 		return nil

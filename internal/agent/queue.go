@@ -13,8 +13,42 @@ import (
 // qrec is a record waiting for the process server's acknowledgment.
 type qrec struct {
 	wire.Record
-	disk *disk
-	buf  *[]byte // the pooled buffer Data lies in (captured writes), nil otherwise
+	disk   *disk
+	buf    *[]byte    // the pooled buffer Data lies in (captured writes), nil otherwise
+	shared *sharedBuf // the copy read buffer Data lies in, nil otherwise
+}
+
+// sharedBuf is a copy read buffer that several queued copy records point
+// into; it goes back to the pool when the last of them is released.
+type sharedBuf struct {
+	b    *[]byte
+	refs int // guarded by queue.mu
+}
+
+// newShared wraps a buffer from q.bufs; the caller holds the first
+// reference and drops it with unshare when it has queued its records.
+func (q *queue) newShared(b *[]byte) *sharedBuf { return &sharedBuf{b: b, refs: 1} }
+
+func (q *queue) unshare(s *sharedBuf) {
+	q.mu.Lock()
+	q.unshareLocked(s)
+	q.mu.Unlock()
+}
+
+func (q *queue) unshareLocked(s *sharedBuf) {
+	if s == nil {
+		return
+	}
+	s.refs--
+	if s.refs == 0 {
+		q.bufs.Put(s.b)
+	}
+}
+
+// releaseLocked gives back what a record's data lies in.
+func (q *queue) releaseLocked(r *qrec) {
+	q.bufs.Put(r.buf)
+	q.unshareLocked(r.shared)
 }
 
 // queue is the agent's in-memory change log: one sequence for the whole
@@ -181,12 +215,16 @@ func (q *queue) waitCopyRoom(ctx context.Context, n int64) error {
 	return ctx.Err()
 }
 
-// pushCopy queues a copy (initial sync, resync or scan).
-func (q *queue) pushCopy(d *disk, r wire.Record) uint64 {
+// pushCopy queues a copy (initial sync, resync or scan). shared, when not
+// nil, is the read buffer r.Data lies in; the record takes a reference.
+func (q *queue) pushCopy(d *disk, r wire.Record, shared *sharedBuf) uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	r.Seq = q.nextSeqLocked()
-	q.recs = append(q.recs, qrec{Record: r, disk: d})
+	if shared != nil {
+		shared.refs++
+	}
+	q.recs = append(q.recs, qrec{Record: r, disk: d, shared: shared})
 	sz := int64(len(r.Data)) + 64
 	q.bytes += sz
 	q.copies += sz
@@ -245,7 +283,7 @@ func (q *queue) overflowLocked() {
 	disks := map[*disk]bool{}
 	for i, r := range q.recs[q.head:] {
 		if !q.encoding || q.head+i >= q.sent {
-			q.bufs.Put(r.buf)
+			q.releaseLocked(&r)
 		}
 		if r.disk == nil {
 			continue
@@ -257,8 +295,10 @@ func (q *queue) overflowLocked() {
 			disks[r.disk] = true
 		}
 	}
-	q.requeueCopiesLocked()
+	// Emptied first: every record was released above, so requeueing must
+	// not find the copies among them again.
 	q.recs, q.head, q.sent, q.bytes, q.copies = nil, 0, 0, 0, 0
+	q.requeueCopiesLocked()
 	q.bitmapMode = true
 	for d := range disks {
 		d.beginResyncLocked(q)
@@ -286,6 +326,9 @@ func (q *queue) requeueCopiesLocked() {
 			}
 			if r.Op == wire.OpCopy || r.Op == wire.OpCopyZero {
 				q.bytes -= int64(len(r.Data)) + 64
+				if !q.encoding || i >= q.sent {
+					q.releaseLocked(&r)
+				}
 				continue
 			}
 			kept = append(kept, r)
@@ -328,7 +371,7 @@ func (q *queue) ack(a wire.Ack) {
 		if r.Op == wire.OpCopy || r.Op == wire.OpCopyZero {
 			q.copies -= sz
 		}
-		q.bufs.Put(r.buf)
+		q.releaseLocked(r)
 		q.recs[i] = qrec{}
 		i++
 	}

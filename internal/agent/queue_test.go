@@ -213,3 +213,63 @@ func TestWriteAtKeepQueuesTheBufferItself(t *testing.T) {
 		t.Fatal("disk does not hold the written bytes")
 	}
 }
+
+// Copy records point into a shared read buffer, which goes back to the
+// pool only when the last of them is acknowledged: a later copy read must
+// not overwrite records still queued.
+func TestCopyBuffersSharedUntilLastAcknowledged(t *testing.T) {
+	a, d := newTestAgent(t, 64<<20)
+	ctx := context.Background()
+	fill := func(off int64, n int, seed byte) []byte {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = seed + byte(i/4096)
+		}
+		if _, err := d.dev.WriteAt(p, off); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	first := fill(0, 1<<20, 1)
+	// A zero block in the middle splits the read into two data records.
+	if _, err := d.dev.WriteAt(make([]byte, 4096), 512<<10); err != nil {
+		t.Fatal(err)
+	}
+	copy(first[512<<10:], make([]byte, 4096))
+	fill(4<<20, 1<<20, 100)
+	// The initial sync's markers go first.
+	b, err := a.q.nextBatch(ctx, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	a.q.ack(wire.Ack{Cached: b.Last})
+	if err := d.readCopy(0, 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	b, err = a.q.nextBatch(ctx, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	var data []wire.Record
+	for _, r := range b.Records {
+		if r.Op == wire.OpCopy {
+			data = append(data, r)
+		}
+	}
+	if len(data) != 2 {
+		t.Fatalf("%d copy records with data, want 2 (split by the zero block)", len(data))
+	}
+	// Acknowledge through the first data record only.
+	a.q.ack(wire.Ack{Cached: data[0].Seq})
+	for range 8 {
+		if err := d.readCopy(4<<20, 1<<20); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := data[1]
+	if !bytes.Equal(r.Data, first[r.Offset:r.Offset+uint64(r.Length)]) {
+		t.Fatal("queued copy record overwritten by a later copy read")
+	}
+}

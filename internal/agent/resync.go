@@ -153,7 +153,7 @@ func (d *disk) runScan(ctx context.Context) error {
 			if err := d.a.q.waitCopyRoom(ctx, int64(len(r.Data))); err != nil {
 				return err
 			}
-			lastSeq = d.a.q.pushCopy(d, r)
+			lastSeq = d.a.q.pushCopy(d, r, nil)
 			return nil
 		})
 		d.scanning.Store(false)

@@ -12,6 +12,7 @@ package bufpool
 import (
 	"math/bits"
 	"sync"
+	"unsafe"
 )
 
 const (
@@ -37,8 +38,9 @@ func class(n int) int {
 	return bits.Len(uint(n-1)) - minShift
 }
 
-// Get returns a buffer with len(*b) >= n (its whole class size). Pointers
-// are pooled rather than slices so Put does not allocate.
+// Get returns a buffer with len(*b) >= n (its whole class size), aligned
+// to Align. Pointers are pooled rather than slices so Put does not
+// allocate.
 func (p *Pool) Get(n int) *[]byte {
 	if n > MaxSize {
 		b := make([]byte, n)
@@ -48,8 +50,20 @@ func (p *Pool) Get(n int) *[]byte {
 	if v := p.classes[c].Get(); v != nil {
 		return v.(*[]byte)
 	}
-	b := make([]byte, 1<<(c+minShift))
+	b := alignedBuf(1 << (c + minShift))
 	return &b
+}
+
+// Align is the alignment of every buffer of a class: enough for O_DIRECT.
+const Align = 4096
+
+func alignedBuf(n int) []byte {
+	b := make([]byte, n+Align)
+	k := int(uintptr(unsafe.Pointer(&b[0])) & (Align - 1))
+	if k != 0 {
+		k = Align - k
+	}
+	return b[k : k+n : k+n]
 }
 
 // Put takes back a buffer from Get. The caller must not touch it again.

@@ -3,6 +3,7 @@ package bufpool
 import (
 	"sync"
 	"testing"
+	"unsafe"
 )
 
 func TestGetSizes(t *testing.T) {
@@ -14,6 +15,9 @@ func TestGetSizes(t *testing.T) {
 		b := p.Get(tc.n)
 		if len(*b) != tc.want || cap(*b) != tc.want {
 			t.Errorf("Get(%d): len %d cap %d, want %d", tc.n, len(*b), cap(*b), tc.want)
+		}
+		if tc.n <= MaxSize && uintptr(unsafe.Pointer(&(*b)[0]))%Align != 0 {
+			t.Errorf("Get(%d): buffer not aligned to %d", tc.n, Align)
 		}
 		p.Put(b)
 	}
