@@ -15,31 +15,65 @@ import (
 // Conn is an authenticated framed connection.
 type Conn struct {
 	*wire.Conn
-	TLS *tls.Conn
+	TLS   *tls.Conn
+	batch *batchConn
 }
 
-// Close closes the connection.
+// Close closes the connection. The socket is cut first, so that a writer
+// stuck on a peer that stopped reading fails at once rather than holding
+// up TLS's close_notify (peers read the end of the stream at a record
+// boundary as a clean EOF either way).
 func (c *Conn) Close() error {
-	c.Conn.Close()
-	return c.TLS.Close()
+	err := c.batch.Conn.Close()
+	c.Conn.Close() // after the cut: it waits for a writer to let go
+	c.TLS.Close()
+	return err
 }
 
 // SetDeadline bounds the next reads and writes.
 func (c *Conn) SetDeadline(t time.Time) error { return c.TLS.SetDeadline(t) }
 
+// flushingTLS is what the framed connection writes to: TLS over a
+// batchConn, flushed at the end of every frame.
+type flushingTLS struct {
+	*tls.Conn
+	b *batchConn
+}
+
+func (f flushingTLS) Flush() error { return f.b.Flush() }
+
+func newConn(tc *tls.Conn, b *batchConn) *Conn {
+	b.arm()
+	return &Conn{Conn: wire.NewConn(flushingTLS{tc, b}), TLS: tc, batch: b}
+}
+
 // Dial connects to addr and completes the TLS handshake, so certificate
 // problems surface here with their own message rather than as a reset later.
 func Dial(ctx context.Context, addr string, cfg *tls.Config) (*Conn, error) {
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}, Config: cfg}
-	c, err := d.DialContext(ctx, "tcp", addr)
+	d := net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}
+	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
 	}
-	tc := c.(*tls.Conn)
-	if tcp, ok := tc.NetConn().(*net.TCPConn); ok {
-		_ = tcp.SetNoDelay(true)
+	b := newBatchConn(raw)
+	if cfg.ServerName == "" {
+		// As tls.Dialer does: the host dialled is the name to verify.
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("connecting to %s: %w", addr, err)
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = host
 	}
-	return &Conn{Conn: wire.NewConn(tc), TLS: tc}, nil
+	tc := tls.Client(b, cfg)
+	hctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := tc.HandshakeContext(hctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("connecting to %s: %w", addr, err)
+	}
+	return newConn(tc, b), nil
 }
 
 // Listen opens a TLS listener.
@@ -48,7 +82,7 @@ func Listen(addr string, cfg *tls.Config) (net.Listener, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listening on %s: %w", addr, err)
 	}
-	return tls.NewListener(ln, cfg), nil
+	return batchListener{Listener: ln, cfg: cfg}, nil
 }
 
 // Accept finishes the handshake of an accepted connection within a bound,
@@ -58,13 +92,14 @@ func Accept(ctx context.Context, c net.Conn) (*Conn, error) {
 	if !ok {
 		return nil, fmt.Errorf("connection from %s is not TLS", c.RemoteAddr())
 	}
+	b, ok := tc.NetConn().(*batchConn)
+	if !ok {
+		return nil, fmt.Errorf("connection from %s was not accepted by transport.Listen", c.RemoteAddr())
+	}
 	hctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	defer cancel()
 	if err := tc.HandshakeContext(hctx); err != nil {
 		return nil, fmt.Errorf("TLS handshake with %s: %w", c.RemoteAddr(), err)
 	}
-	if tcp, ok := tc.NetConn().(*net.TCPConn); ok {
-		_ = tcp.SetNoDelay(true)
-	}
-	return &Conn{Conn: wire.NewConn(tc), TLS: tc}, nil
+	return newConn(tc, b), nil
 }

@@ -194,7 +194,8 @@ type Conn struct {
 // Call it before the first ReadFrame.
 func (c *Conn) SetPool(p *BufferPool) { c.pool = p }
 
-// NewConn wraps a stream (normally a *tls.Conn).
+// NewConn wraps a stream (normally a *tls.Conn). A stream with a Flush
+// method is flushed at the end of every frame.
 func NewConn(rw io.ReadWriter) *Conn {
 	return &Conn{rw: rw, br: bufio.NewReaderSize(rw, 1<<20), bw: bufio.NewWriterSize(rw, 1<<20)}
 }
@@ -244,6 +245,11 @@ func (c *Conn) WriteFrame(t Type, payload []byte, codec Codec) error {
 	}
 	if err := c.bw.Flush(); err != nil {
 		return fmt.Errorf("wire: flushing %s frame: %w", t, err)
+	}
+	if f, ok := c.rw.(interface{ Flush() error }); ok {
+		if err := f.Flush(); err != nil {
+			return fmt.Errorf("wire: flushing %s frame: %w", t, err)
+		}
 	}
 	return nil
 }
