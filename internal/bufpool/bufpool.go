@@ -12,6 +12,7 @@ package bufpool
 import (
 	"math/bits"
 	"sync"
+	"sync/atomic"
 	"unsafe"
 )
 
@@ -79,4 +80,59 @@ func (p *Pool) Put(b *[]byte) {
 	}
 	*b = (*b)[:n]
 	p.classes[class(n)].Put(b)
+}
+
+// Bounded lends buffers in the same classes but keeps at most a set number
+// of bytes of spares, in channels rather than sync.Pools: what it holds
+// does not depend on when the garbage collector last ran, so a process
+// that must stay under a memory bound knows what its spares cost. Its
+// methods take and return slices; a nil *Bounded lends fresh buffers and
+// keeps nothing.
+type Bounded struct {
+	classes [numClass]chan []byte
+	spare   atomic.Int64
+	max     int64
+}
+
+// NewBounded keeps at most maxSpare bytes of spare buffers.
+func NewBounded(maxSpare int64) *Bounded {
+	p := &Bounded{max: maxSpare}
+	for c := range p.classes {
+		p.classes[c] = make(chan []byte, max(1, min(maxSpare>>(c+minShift), 1024)))
+	}
+	return p
+}
+
+// Get returns a buffer of length n (capacity its class size, aligned to
+// Align), a spare one when there is one.
+func (p *Bounded) Get(n int) []byte {
+	if p == nil || n > MaxSize {
+		return make([]byte, n)
+	}
+	c := class(n)
+	select {
+	case b := <-p.classes[c]:
+		p.spare.Add(-int64(cap(b)))
+		return b[:n]
+	default:
+		return alignedBuf(1 << (c + minShift))[:n]
+	}
+}
+
+// Put takes back a buffer no longer used. Buffers that are not of a class
+// size, or that would take the spares past the bound, are dropped.
+func (p *Bounded) Put(b []byte) {
+	n := cap(b)
+	if p == nil || n < 1<<minShift || n > MaxSize || n&(n-1) != 0 {
+		return
+	}
+	if p.spare.Add(int64(n)) > p.max {
+		p.spare.Add(-int64(n))
+		return
+	}
+	select {
+	case p.classes[class(n)] <- b[:0]:
+	default:
+		p.spare.Add(-int64(n))
+	}
 }

@@ -85,3 +85,39 @@ func BenchmarkGetPut4K(b *testing.B) {
 		p.Put(p.Get(4096))
 	}
 }
+
+func TestBoundedKeepsAtMostItsBound(t *testing.T) {
+	p := NewBounded(64 << 10)
+	var bufs [][]byte
+	for range 8 {
+		bufs = append(bufs, p.Get(16<<10))
+	}
+	for _, b := range bufs {
+		p.Put(b)
+	}
+	if got := p.spare.Load(); got != 64<<10 {
+		t.Fatalf("spare bytes %d after putting back 128 KiB, want the 64 KiB bound", got)
+	}
+	// Spares come back for requests of their class, not of others.
+	b := p.Get(10 << 10)
+	if cap(b) != 16<<10 || len(b) != 10<<10 {
+		t.Fatalf("Get(10 KiB): len %d cap %d", len(b), cap(b))
+	}
+	if got := p.spare.Load(); got != 48<<10 {
+		t.Fatalf("spare bytes %d after taking one, want 48 KiB", got)
+	}
+	if c := p.Get(100); cap(c) != 4096 || uintptr(unsafe.Pointer(&c[0]))%Align != 0 {
+		t.Fatalf("Get(100) from an empty class: cap %d", cap(c))
+	}
+	odd := make([]byte, 5000)
+	p.Put(odd) // not a class size
+	p.Put(nil)
+	if got := p.spare.Load(); got != 48<<10 {
+		t.Fatalf("foreign buffers were kept: spare %d", got)
+	}
+	var nilPool *Bounded
+	nilPool.Put(b)
+	if len(nilPool.Get(10)) != 10 {
+		t.Fatal("a nil pool must still lend buffers")
+	}
+}

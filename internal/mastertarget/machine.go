@@ -92,7 +92,7 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 		return nil, fmt.Errorf("invalid machine name %q", name)
 	}
 	dir := filepath.Join(s.cfg.DataDir, name)
-	m := &machine{s: s, name: name, dir: dir, notify: make(chan struct{}, 1), relay: relay.NewQueue(max(s.cfg.RelayBytes, 0)), bufs: wire.NewBufferPool(16)}
+	m := &machine{s: s, name: name, dir: dir, notify: make(chan struct{}, 1), relay: relay.NewQueue(max(s.cfg.RelayBytes, 0)), bufs: wire.NewBufferPool(96 << 20)}
 	m.cond = sync.NewCond(&m.mu)
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	switch {

@@ -222,7 +222,7 @@ func (s *Server) openMachine(h wire.Hello) (*machine, error) {
 		return nil, fmt.Errorf("opening cache of %s: %w", h.Machine, err)
 	}
 	st := lg.Stats()
-	m := &machine{s: s, name: h.Machine, hello: h, log: lg, relay: relay.NewQueue(max(s.cfg.RelayBytes, 0)), bufs: wire.NewBufferPool(8), lastSeq: st.LastSeq, logLast: st.LastSeq, notify: make(chan struct{}, 1)}
+	m := &machine{s: s, name: h.Machine, hello: h, log: lg, relay: relay.NewQueue(max(s.cfg.RelayBytes, 0)), bufs: wire.NewBufferPool(48 << 20), lastSeq: st.LastSeq, logLast: st.LastSeq, notify: make(chan struct{}, 1)}
 	s.machines[h.Machine] = m
 	if s.runCtx != nil {
 		// Run already started: start forwarding now (Run starts the others).

@@ -30,6 +30,17 @@ func (c *Conn) Close() error {
 	return err
 }
 
+// WriteRaw sends p through TLS outside the framing and flushes it: for
+// tests that play a broken peer. Writing to TLS directly would leave the
+// bytes in the buffer under it.
+func (c *Conn) WriteRaw(p []byte) (int, error) {
+	n, err := c.TLS.Write(p)
+	if err == nil {
+		err = c.batch.Flush()
+	}
+	return n, err
+}
+
 // SetDeadline bounds the next reads and writes.
 func (c *Conn) SetDeadline(t time.Time) error { return c.TLS.SetDeadline(t) }
 

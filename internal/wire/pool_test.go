@@ -18,7 +18,7 @@ func TestBufferPoolAfterKeep(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	pool := NewBufferPool(2)
+	pool := NewBufferPool(1 << 20)
 	r := NewConn(&stream)
 	r.SetPool(pool)
 	_, got1, err := r.ReadFrame()
@@ -29,7 +29,7 @@ func TestBufferPoolAfterKeep(t *testing.T) {
 	if &kept[0] != &got1[0] {
 		t.Fatal("Keep copied the connection's own buffer")
 	}
-	spare := make([]byte, 0, 128<<10)
+	spare := pool.Get(32 << 10)[:0]
 	pool.Put(spare)
 	_, got2, err := r.ReadFrame()
 	if err != nil {

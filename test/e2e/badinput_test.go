@@ -100,7 +100,7 @@ func TestCorruptAndTruncatedFramesRefused(t *testing.T) {
 		conn := rogue(t, c, toMT)
 		f := frame(t, good)
 		f[len(f)-2] ^= 0xff
-		if _, err := conn.TLS.Write(f); err != nil {
+		if _, err := conn.WriteRaw(f); err != nil {
 			t.Fatal(err)
 		}
 		expectRefusal(t, conn, "corrupt", "checksum")
@@ -109,7 +109,7 @@ func TestCorruptAndTruncatedFramesRefused(t *testing.T) {
 		// A record past the end of the disk.
 		conn = rogue(t, c, toMT)
 		bad := wire.Batch{First: 1 << 62, Last: 1 << 62, Records: []wire.Record{{Seq: 1 << 62, Op: wire.OpZero, Offset: size - 512, Length: 4096}}}
-		if _, err := conn.TLS.Write(frame(t, bad)); err != nil {
+		if _, err := conn.WriteRaw(frame(t, bad)); err != nil {
 			t.Fatal(err)
 		}
 		expectRefusal(t, conn, "beyond disk")
@@ -117,7 +117,7 @@ func TestCorruptAndTruncatedFramesRefused(t *testing.T) {
 
 		// Garbage that is not a standby frame at all.
 		conn = rogue(t, c, toMT)
-		if _, err := conn.TLS.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		if _, err := conn.WriteRaw([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
 			t.Fatal(err)
 		}
 		expectRefusal(t, conn, "corrupt")
@@ -126,7 +126,7 @@ func TestCorruptAndTruncatedFramesRefused(t *testing.T) {
 		// A frame cut short by the connection closing.
 		conn = rogue(t, c, toMT)
 		f = frame(t, good)
-		if _, err := conn.TLS.Write(f[:len(f)/2]); err != nil {
+		if _, err := conn.WriteRaw(f[:len(f)/2]); err != nil {
 			t.Fatal(err)
 		}
 		conn.Close()
