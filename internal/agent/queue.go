@@ -95,11 +95,13 @@ type queue struct {
 	gen      uint64 // bumped whenever unconfirmed copies are forgotten
 	closed   bool
 
-	// bufs holds captured writes' data. A buffer goes back when its record
-	// is acknowledged: the process server has it, so the sender is done
-	// with it. encoding is set while the sender copies a batch out of
-	// records it took, so an overflow leaves those buffers to the
-	// collector instead of lending them to a new write mid-copy.
+	// bufs lends the NBD server its payload buffers (kept as captured
+	// writes' data) and the copy readers theirs. A buffer goes back when
+	// its record is acknowledged: the process server has it, so the sender
+	// is done with it. encoding is set while the sender copies a batch out
+	// of records it took, so that dropping records (overflow, requeue)
+	// leaves those buffers to the collector instead of lending them to a
+	// new write mid-copy.
 	bufs     bufpool.Pool
 	encoding bool
 }
@@ -145,8 +147,7 @@ func (q *queue) captureBuf(p []byte) *[]byte {
 }
 
 // pushCaptured queues a captured write or zero; buf, when not nil, is the
-// pooled buffer r.Data lies in (from captureBuf), owned by the queue from
-// here on. It returns false when the queue is in bitmap mode: the caller's
+// buffer of q.bufs r.Data lies in, owned by the queue from here on. It returns false when the queue is in bitmap mode: the caller's
 // range has then been marked dirty. The caller holds the region lock, which
 // is what makes seq order match the order of overlapping writes on the disk.
 func (q *queue) pushCaptured(d *disk, r wire.Record, buf *[]byte) bool {
