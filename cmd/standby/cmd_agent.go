@@ -69,7 +69,10 @@ func agentCmd() *cobra.Command {
 	f.StringArrayVar(&thaw, "thaw-hook", nil, "shell command thawing it again")
 	f.DurationVar(&c.FreezeTimeout, "freeze-timeout", 0, "longest time writes are held for a bookmark; past it the agent thaws and reports failure (default 500ms)")
 	f.DurationVar(&c.BookmarkInterval, "bookmark-interval", 0, "take an app-consistent bookmark this often (0: on demand only)")
-	f.Int64("memory-limit", 160<<20, "soft memory limit in bytes for the Go runtime (GOMEMLIMIT overrides)")
+	// Above the 128 MiB queue bound plus the buffers recycled around it:
+	// at 160 MiB the collector ran without pause at a full queue and gave
+	// pages back that the next writes faulted in again (docs/benchmarks.md).
+	f.Int64("memory-limit", 208<<20, "soft memory limit in bytes for the Go runtime (GOMEMLIMIT overrides)")
 	tlsFlags(cmd, &c.TLS)
 	return cmd
 }
