@@ -8,11 +8,13 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"standby/internal/bufpool"
 )
 
 // DirectAlign is the alignment of offsets, lengths and buffers that
 // ReadDirect passes to the kernel uncached.
-const DirectAlign = 4096
+const DirectAlign = bufpool.Align
 
 // directFD is a second descriptor of the disk opened with O_DIRECT, for
 // bulk copy reads: reading a whole disk through the page cache costs more
@@ -30,14 +32,7 @@ type directFD struct {
 
 // AlignedBuffer returns a zeroed buffer of n bytes whose start is aligned
 // for ReadDirect.
-func AlignedBuffer(n int) []byte {
-	b := make([]byte, n+DirectAlign)
-	k := int(uintptr(unsafe.Pointer(&b[0])) & (DirectAlign - 1))
-	if k != 0 {
-		k = DirectAlign - k
-	}
-	return b[k : k+n : k+n]
-}
+func AlignedBuffer(n int) []byte { return bufpool.Aligned(n) }
 
 // ReadDirect fills p from off like ReadAt, bypassing the page cache when
 // the file system, the alignment of p and off, and the length allow it,

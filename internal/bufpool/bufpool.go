@@ -51,14 +51,16 @@ func (p *Pool) Get(n int) *[]byte {
 	if v := p.classes[c].Get(); v != nil {
 		return v.(*[]byte)
 	}
-	b := alignedBuf(1 << (c + minShift))
+	b := Aligned(1 << (c + minShift))
 	return &b
 }
 
 // Align is the alignment of every buffer of a class: enough for O_DIRECT.
 const Align = 4096
 
-func alignedBuf(n int) []byte {
+// Aligned returns a zeroed buffer of n bytes starting at a multiple of
+// Align.
+func Aligned(n int) []byte {
 	b := make([]byte, n+Align)
 	k := int(uintptr(unsafe.Pointer(&b[0])) & (Align - 1))
 	if k != 0 {
@@ -115,7 +117,7 @@ func (p *Bounded) Get(n int) []byte {
 		p.spare.Add(-int64(cap(b)))
 		return b[:n]
 	default:
-		return alignedBuf(1 << (c + minShift))[:n]
+		return Aligned(1 << (c + minShift))[:n]
 	}
 }
 

@@ -67,26 +67,30 @@ func pair(t *testing.T) (client, server *Conn) {
 func TestFramesBothWays(t *testing.T) {
 	c, s := pair(t)
 	sizes := []int{0, 1, 100, 16 << 10, 16<<10 + 1, 256 << 10, 1<<20 + 7, 4 << 20}
-	send := func(conn *Conn, seed uint64) error {
+	// payloads yields the same sequence of frames for a seed on both ends.
+	payloads := func(seed uint64) func(n int) []byte {
 		r := rand.New(rand.NewPCG(seed, 1))
-		for _, n := range sizes {
+		return func(n int) []byte {
 			p := make([]byte, n)
 			for i := range p {
 				p[i] = byte(r.Uint32())
 			}
-			if err := conn.WriteFrame(wire.TypeBatch, p, wire.CodecNone); err != nil {
+			return p
+		}
+	}
+	send := func(conn *Conn, seed uint64) error {
+		next := payloads(seed)
+		for _, n := range sizes {
+			if err := conn.WriteFrame(wire.TypeBatch, next(n), wire.CodecNone); err != nil {
 				return err
 			}
 		}
 		return nil
 	}
 	check := func(conn *Conn, seed uint64) error {
-		r := rand.New(rand.NewPCG(seed, 1))
+		next := payloads(seed)
 		for _, n := range sizes {
-			want := make([]byte, n)
-			for i := range want {
-				want[i] = byte(r.Uint32())
-			}
+			want := next(n)
 			typ, got, err := conn.ReadFrame()
 			if err != nil {
 				return err
