@@ -77,6 +77,11 @@ func (j *Journal) preserve(seq uint64, disk int, off, n int64, skipZero bool) er
 	emit := func(final bool) error {
 		// A call retried after a crash interrupted it (same seq as the
 		// active segment's last record) stays in that segment too.
+		if !emitted && j.active != nil && j.active.records == 0 && j.active.hdr.base != seq {
+			if err := j.rebaseEmpty(seq); err != nil {
+				return err
+			}
+		}
 		if !emitted && (j.active == nil || (j.active.records > 0 && j.active.last != seq && j.active.size+bound > j.segSize)) {
 			if err := j.roll(seq); err != nil {
 				return err

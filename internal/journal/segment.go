@@ -377,7 +377,43 @@ func (j *Journal) roll(base uint64) error {
 		// segments were lost to a crash, Open keeps the newest's header.
 		h.flags = segFlagGenesis
 	}
-	s := &segment{hdr: h, path: filepath.Join(j.dir, segName(base)), size: segHeaderSize, written: segHeaderSize}
+	return j.create(h)
+}
+
+// rebaseEmpty replaces the active segment, which holds no record (a crash
+// came between its creation and its first record's write), with one named
+// for base, the first record now going in. After a crash that record need
+// not come again: a copy relayed past the intake is re-read by the agent
+// under a new sequence number. Appending to the old segment would break
+// "a segment's base is its first record's seq", which Open checks. The
+// empty file goes first: a crash between the two steps leaves the
+// segment before it as the newest, as if the empty one had never been
+// made. Caller holds wmu.
+func (j *Journal) rebaseEmpty(base uint64) error {
+	old := j.active
+	if err := old.f.Close(); err != nil {
+		return j.fail(fmt.Errorf("journal: closing empty segment %s: %w", old.path, err))
+	}
+	if err := os.Remove(old.path); err != nil {
+		return j.fail(fmt.Errorf("journal: removing empty segment %s: %w", old.path, err))
+	}
+	if err := syncDir(j.dir); err != nil {
+		return j.fail(fmt.Errorf("journal: syncing directory after removing %s: %w", old.path, err))
+	}
+	j.mu.Lock()
+	j.segs = j.segs[:len(j.segs)-1]
+	j.bytes -= old.size
+	j.active = nil
+	j.mu.Unlock()
+	// The new header keeps the chain the empty one recorded.
+	h := old.hdr
+	h.base = base
+	return j.create(h)
+}
+
+// create makes a new active segment with header h.
+func (j *Journal) create(h segHeader) error {
+	s := &segment{hdr: h, path: filepath.Join(j.dir, segName(h.base)), size: segHeaderSize, written: segHeaderSize}
 	f, err := os.OpenFile(s.path, os.O_CREATE|os.O_EXCL|os.O_RDWR, 0o600)
 	if err != nil {
 		return j.fail(fmt.Errorf("journal: creating segment: %w", err))

@@ -68,14 +68,33 @@ func requireRoot(t *testing.T) {
 	}
 }
 
+// handedOut remembers every address freePort gave in this test binary:
+// the kernel may offer a port again once its listener is closed, and two
+// roles of one cluster were once given the same status port that way.
+var handedOut = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
+
 func freePort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 100 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		handedOut.Lock()
+		seen := handedOut.m[addr]
+		handedOut.m[addr] = true
+		handedOut.Unlock()
+		if !seen {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
+	t.Fatal("no unused loopback port after 100 tries")
+	return ""
 }
 
 // proc is one role process.
