@@ -187,6 +187,8 @@ type Conn struct {
 	rawOut, wireOut uint64
 
 	pool *BufferPool // where the read buffer comes from after Keep; may be nil
+
+	flusher interface{ Flush() error } // rw, when it buffers below us; else nil
 }
 
 // SetPool makes the connection take its read buffer from p when it needs a
@@ -197,7 +199,9 @@ func (c *Conn) SetPool(p *BufferPool) { c.pool = p }
 // NewConn wraps a stream (normally a *tls.Conn). A stream with a Flush
 // method is flushed at the end of every frame.
 func NewConn(rw io.ReadWriter) *Conn {
-	return &Conn{rw: rw, br: bufio.NewReaderSize(rw, 1<<20), bw: bufio.NewWriterSize(rw, 1<<20)}
+	c := &Conn{rw: rw, br: bufio.NewReaderSize(rw, 1<<20), bw: bufio.NewWriterSize(rw, 1<<20)}
+	c.flusher, _ = rw.(interface{ Flush() error })
+	return c
 }
 
 // WriteFrame sends one frame, compressing the payload with codec. If
@@ -246,8 +250,8 @@ func (c *Conn) WriteFrame(t Type, payload []byte, codec Codec) error {
 	if err := c.bw.Flush(); err != nil {
 		return fmt.Errorf("wire: flushing %s frame: %w", t, err)
 	}
-	if f, ok := c.rw.(interface{ Flush() error }); ok {
-		if err := f.Flush(); err != nil {
+	if c.flusher != nil {
+		if err := c.flusher.Flush(); err != nil {
 			return fmt.Errorf("wire: flushing %s frame: %w", t, err)
 		}
 	}
