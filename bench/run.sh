@@ -20,6 +20,7 @@
 #   --keep         keep the scratch directory
 #   STANDBY_AGENT_FLAGS (environment) adds flags to every agent (A/B runs)
 #   STANDBY_CHURN_RATES (environment) replaces the churn steps, e.g. "100"
+#   STANDBY_FIO_JOBS (environment) picks intercept jobs, e.g. "rand4k-qd32"
 #   STANDBY_MT_FLAGS, STANDBY_PS_FLAGS (environment) add flags to the master
 #   target and process server
 #   --profile      write each role's Go CPU profile to OUT/pprof/TAG-ROLE.pprof
@@ -391,14 +392,21 @@ bench_initial() {
 
 # ---------------------------------------------------------------- 2: intercept overhead
 declare -A FIO=()
-FIO_JOBS=(rand4k-qd1 rand4k-qd32 seq1m-qd8)
+# STANDBY_FIO_JOBS (environment) picks jobs, e.g. "rand4k-qd32"
+# seq1m-qd8-held is seq1m-qd8 through an agent started with --queue-hold 10s:
+# writes wait for room in the queue instead of overflowing to the bitmap, so
+# what fio reaches is the rate replication sustains, in order (compared with
+# qemu-nbd's seq1m-qd8 figure; qemu-nbd is not run again for it).
+read -r -a FIO_JOBS <<<"${STANDBY_FIO_JOBS:-rand4k-qd1 rand4k-qd32 seq1m-qd8 seq1m-qd8-held}"
+HELD_FLAGS=(--queue-hold 10s)
 fio_args() { # JOB
 	case $1 in
 	rand4k-qd1) echo --rw=randwrite --bs=4k --iodepth=1 ;;
 	rand4k-qd32) echo --rw=randwrite --bs=4k --iodepth=32 ;;
-	seq1m-qd8) echo --rw=write --bs=1M --iodepth=8 ;;
+	seq1m-qd8 | seq1m-qd8-held) echo --rw=write --bs=1M --iodepth=8 ;;
 	esac
 }
+peer_job() { echo "${1%-held}"; } # JOB: whose qemu-nbd figure it is compared with
 run_fio() { # NAME URI OUTJSON extra...
 	local name=$1 uri=$2 json=$3
 	shift 3
@@ -425,6 +433,11 @@ bench_intercept() {
 			# alternate which goes first, so neither always runs on a warmer machine
 			local order="qemu-nbd standby"
 			[ $((r % 2)) = 0 ] && order="standby qemu-nbd"
+			if [ "$job" != "$(peer_job "$job")" ]; then
+				order=standby
+				stop_bg agent
+				start_agent "$dir" "b2-held-r$r" "$dir/a.img" "${HELD_FLAGS[@]}"
+			fi
 			for tgt in $order; do
 				json=$OUT/fio/$job-$tgt-r$r.json
 				if [ "$tgt" = standby ]; then
@@ -449,6 +462,11 @@ bench_intercept() {
 					[ "$tgt" = standby ] && FIO[$job-mon]=$msum
 				fi
 			done
+			if [ "$job" != "$(peer_job "$job")" ]; then
+				wait_sync --timeout 5m >/dev/null || log "   (agent not drained after $job)"
+				stop_bg agent
+				start_agent "$dir" "b2-r$r" "$dir/a.img"
+			fi
 		done
 	done
 	stop_bg qemunbd
@@ -632,15 +650,18 @@ RES=$OUT/results.md
 	fi
 	if want intercept; then
 		for job in "${FIO_JOBS[@]}"; do
-			a=${FIO[$job-standby-iops]:-0} q=${FIO[$job-qemu-nbd-iops]:-0}
-			ab=${FIO[$job-standby-bw]:-0} qb=${FIO[$job-qemu-nbd-bw]:-0}
+			pj=$(peer_job "$job")
+			a=${FIO[$job-standby-iops]:-0} q=${FIO[$pj-qemu-nbd-iops]:-0}
+			ab=${FIO[$job-standby-bw]:-0} qb=${FIO[$pj-qemu-nbd-bw]:-0}
 			m=${FIO[$job-mon]:-} v=$(verdict "$a/($q+1e-9) >= 0.8")
 			# A job during which the agent fell back to its bitmap measured
 			# writes that were not being replicated: not a comparison.
 			if [ -n "$m" ] && { [ "$(kv "$m" bitmap_seen)" = true ] || [ "$(kv "$m" overflows)" != 0 ]; }; then
 				v="MISSED (replication fell back to the bitmap: not comparable)"
 			fi
-			echo "| 2 | fio $job | $(calc "$a" 0) IOPS, $(calc "$ab/1048576" 1) MiB/s | $(calc "$q" 0) IOPS, $(calc "$qb/1048576" 1) MiB/s (qemu-nbd) | $(ratio "$a/($q+1e-9)")× | ≥ 0.8× | $v |"
+			what="fio $job"
+			[ "$pj" != "$job" ] && what="fio $pj, agent ${HELD_FLAGS[*]} (writes wait for replication)"
+			echo "| 2 | $what | $(calc "$a" 0) IOPS, $(calc "$ab/1048576" 1) MiB/s | $(calc "$q" 0) IOPS, $(calc "$qb/1048576" 1) MiB/s (qemu-nbd) | $(ratio "$a/($q+1e-9)")× | ≥ 0.8× | $v |"
 		done
 	fi
 	if want catchup; then
@@ -673,8 +694,8 @@ RES=$OUT/results.md
 		echo "| job | qemu-nbd IOPS | standby IOPS | ratio | qemu-nbd mean lat | standby mean lat | standby replication during the job |"
 		echo "|---|---|---|---|---|---|---|"
 		for job in "${FIO_JOBS[@]}"; do
-			m=${FIO[$job-mon]:-}
-			echo "| $job | $(calc "${FIO[$job-qemu-nbd-iops]:-0}" 0) | $(calc "${FIO[$job-standby-iops]:-0}" 0) | $(ratio "${FIO[$job-standby-iops]:-0}/(${FIO[$job-qemu-nbd-iops]:-0}+1e-9)")× | ${FIO[$job-qemu-nbd-lat]:-} µs | ${FIO[$job-standby-lat]:-} µs | max lag $(kv "$m" max_lag) s, overflows $(kv "$m" overflows), bitmap mode seen $(kv "$m" bitmap_seen) |"
+			m=${FIO[$job-mon]:-} pj=$(peer_job "$job")
+			echo "| $job | $(calc "${FIO[$pj-qemu-nbd-iops]:-0}" 0) | $(calc "${FIO[$job-standby-iops]:-0}" 0) | $(ratio "${FIO[$job-standby-iops]:-0}/(${FIO[$pj-qemu-nbd-iops]:-0}+1e-9)")× | ${FIO[$pj-qemu-nbd-lat]:-} µs | ${FIO[$job-standby-lat]:-} µs | max lag $(kv "$m" max_lag) s, overflows $(kv "$m" overflows), bitmap mode seen $(kv "$m" bitmap_seen) |"
 		done
 		echo
 	fi

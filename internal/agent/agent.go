@@ -21,6 +21,7 @@ import (
 	"standby/internal/blockdev"
 	"standby/internal/capture"
 	"standby/internal/fsutil"
+	"standby/internal/localnet"
 	"standby/internal/nbd"
 	"standby/internal/statusapi"
 	"standby/internal/transport"
@@ -347,15 +348,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
+// listenSpec opens an NBD listener. The export has no TLS or login and
+// takes writes to the protected disk, so TCP is loopback only; a unix
+// socket may be used by the owner and group (a hypervisor running as its
+// own user in the owner's group).
 func listenSpec(spec string) (net.Listener, error) {
-	network, addr, ok := strings.Cut(spec, ":")
+	network, _, ok := strings.Cut(spec, ":")
 	if !ok || (network != "unix" && network != "tcp") {
 		return nil, fmt.Errorf("listen address %q: want unix:PATH or tcp:HOST:PORT", spec)
 	}
-	if network == "unix" {
-		_ = os.Remove(addr) // a stale socket from a killed run
-	}
-	return net.Listen(network, addr)
+	return localnet.Listen("NBD export", spec, 0o660)
 }
 
 // runEpochs closes an epoch at a steady pace even when the workload never

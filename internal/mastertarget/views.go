@@ -16,6 +16,7 @@ import (
 
 	"standby/internal/imagefmt"
 	"standby/internal/journal"
+	"standby/internal/localnet"
 	"standby/internal/nbd"
 	"standby/internal/points"
 	"standby/internal/statusapi"
@@ -136,10 +137,11 @@ func (s *Server) openView(m *machine, p points.Point) (*view, error) {
 	}
 	var ln net.Listener
 	var err error
+	// A view is served without TLS or login: this host only (localnet).
 	if s.cfg.ViewListen != "" {
-		ln, err = net.Listen("tcp", s.cfg.ViewListen)
+		ln, err = localnet.ListenTCP("view NBD export", s.cfg.ViewListen)
 	} else {
-		ln, err = net.Listen("unix", filepath.Join(dir, "nbd.sock"))
+		ln, err = localnet.ListenUnix("view NBD export", filepath.Join(dir, "nbd.sock"), 0o660)
 	}
 	if err != nil {
 		return fail(fmt.Errorf("view %s: NBD listener: %w", id, err))

@@ -3,7 +3,6 @@ package processserver
 import (
 	"context"
 	"encoding/json"
-	"net"
 	"time"
 
 	"standby/internal/wire"
@@ -51,20 +50,4 @@ func (s *Server) chooseCodec(prev wire.Codec, waited time.Duration) wire.Codec {
 		return wire.CodecS2
 	}
 	return prev
-}
-
-// isLoopback reports whether addr (host:port) names this machine by a
-// loopback address. Names other than localhost are not resolved: a
-// configuration that names the master target by host name is treated as
-// remote.
-func isLoopback(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }

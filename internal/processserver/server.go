@@ -20,6 +20,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"standby/internal/localnet"
 	"standby/internal/pki"
 	"standby/internal/relay"
 	"standby/internal/seglog"
@@ -94,7 +95,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Name == "" {
 		cfg.Name = "ps"
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "process-server"), machines: map[string]*machine{}, loopbackMT: isLoopback(cfg.MasterTarget)}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "process-server"), machines: map[string]*machine{}, loopbackMT: localnet.IsLoopback(cfg.MasterTarget)}
 	if cfg.BandwidthLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), int(max(cfg.BandwidthLimit/10, 8<<20)))
 	}

@@ -11,12 +11,13 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"standby/internal/localnet"
 )
 
 // Handler returns a mux with GET /status (the JSON of status()) and GET
@@ -55,15 +56,12 @@ func Serve(ctx context.Context, ln net.Listener, h http.Handler) error {
 	return nil
 }
 
-// Listen opens a status listener: host:port, or unix:PATH for a socket
-// whose file permissions say who may read (and which reaches across
-// network namespaces).
+// Listen opens a status listener: a loopback host:port, or unix:PATH for
+// a socket only its owner may use (mode 0600). The endpoint is plain HTTP
+// and answers without a login (the master target's creates views of
+// replicas), so it never listens beyond this host (internal/localnet).
 func Listen(addr string) (net.Listener, error) {
-	if path, ok := strings.CutPrefix(addr, "unix:"); ok {
-		_ = os.Remove(path) // left by a killed run
-		return net.Listen("unix", path)
-	}
-	return net.Listen("tcp", addr)
+	return localnet.Listen("status endpoint", addr, 0o600)
 }
 
 // Fetch reads a status document from addr (host:port or unix:PATH) into v.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -252,4 +253,47 @@ func lastLineWith(b []byte, s string) string {
 		}
 	}
 	return ""
+}
+
+// The status endpoints and NBD exports have no TLS or login: a role asked
+// to open one beyond this host refuses to start, and says why.
+func TestPlainEndpointsStayOnThisHost(t *testing.T) {
+	c := newCluster(t, []int64{8 << 20})
+	with := func(args []string, flag, value string) []string {
+		out := append([]string(nil), args...)
+		for i := range out {
+			if out[i] == flag {
+				out[i+1] = value
+				return out
+			}
+		}
+		t.Fatalf("%s not among %v", flag, args)
+		return nil
+	}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"master target status on all interfaces", with(c.mt.args, "--status", "0.0.0.0:0"), "status endpoint"},
+		{"process server status on all interfaces", with(c.ps.args, "--status", ":0"), "status endpoint"},
+		{"agent status on all interfaces", with(c.ag.args, "--status", "[::]:0"), "status endpoint"},
+		{"agent NBD export on all interfaces", with(c.ag.args, "--nbd", "tcp:0.0.0.0:0"), "NBD export"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, standbyBin, tc.args...).CombinedOutput()
+			if ctx.Err() != nil {
+				t.Fatalf("still running after 30 s: it started instead of refusing\n%s", out)
+			}
+			if err == nil {
+				t.Fatalf("exited 0\n%s", out)
+			}
+			if !strings.Contains(string(out), tc.want) || !strings.Contains(string(out), "this host only") {
+				t.Fatalf("unclear refusal:\n%s", out)
+			}
+			t.Logf("refused: %s", lastLineWith(out, "this host only"))
+		})
+	}
 }
