@@ -37,4 +37,10 @@
 // Trimming is not recorded on disk: after a reopen, the entries of segments
 // that were kept are readable again, which replays are expected to tolerate
 // (sequence numbers make them idempotent).
+//
+// Trimmed segment files are kept as spares (at most maxSpares) and reused
+// for new segments, because overwriting cached, allocated blocks is much
+// cheaper than filling a new file. A reused file may hold an older
+// segment's records past the new ones until it is sealed or the log is
+// closed; Open tells them apart by sequence number (docs/formats.md).
 package seglog

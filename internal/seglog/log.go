@@ -77,7 +77,21 @@ type segment struct {
 	size        int64 // bytes of whole records written; readers stop there
 	first, last uint64
 	entries     int64
+	// stale is how far a recycled file holds an older segment's bytes
+	// past size (0 for a new file): cut off when the segment is sealed or
+	// the log closed. Written only with wmu held.
+	stale int64
+	// readers counts Readers positioned in this segment; guarded by
+	// Log.mu. A spare is reused only when none is left in it, since
+	// reusing overwrites the file under them.
+	readers int
 }
+
+// maxSpares is how many trimmed segment files a log keeps for reuse.
+// Overwriting a file whose pages are cached and whose blocks are allocated
+// costs a fraction of filling a new one (docs/formats.md, "Spare
+// segments"); a log whose consumer keeps up needs one at a time.
+const maxSpares = 2
 
 // Log is a segmented, checksummed, append-only log in one directory. All
 // methods are safe for concurrent use.
@@ -97,6 +111,7 @@ type Log struct {
 
 	mu       sync.Mutex
 	segs     []*segment // oldest first; the last one is active
+	spares   []*segment // trimmed files kept for reuse, named spareName(base)
 	wf       *os.File   // write handle of the active segment, nil if none
 	bytes    int64
 	entries  int64
@@ -387,7 +402,14 @@ const smallRecord = 64 << 10
 func (l *Log) roll(base uint64) (*segment, error) {
 	l.mu.Lock()
 	n := l.committed
+	var act *segment
+	if len(l.segs) > 0 {
+		act = l.segs[len(l.segs)-1]
+	}
 	l.mu.Unlock()
+	if err := l.cutStale(act); err != nil {
+		return nil, fmt.Errorf("sealing segment: %w", err)
+	}
 	if err := l.syncThrough(n); err != nil {
 		return nil, fmt.Errorf("sealing segment: %w", err)
 	}
@@ -403,11 +425,14 @@ func (l *Log) roll(base uint64) (*segment, error) {
 		}
 	}
 	path := filepath.Join(l.dir, segmentName(base))
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("creating segment: %w", err)
-	}
 	s := &segment{base: base, path: path}
+	f := l.reuseSpare(s)
+	if f == nil {
+		var err error
+		if f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err != nil {
+			return nil, fmt.Errorf("creating segment: %w", err)
+		}
+	}
 	l.mu.Lock()
 	l.segs = append(l.segs, s)
 	l.wf = f
@@ -417,6 +442,99 @@ func (l *Log) roll(base uint64) (*segment, error) {
 }
 
 func segmentName(base uint64) string { return fmt.Sprintf("%020d.seg", base) }
+
+func spareName(base uint64) string { return fmt.Sprintf("%020d.spare", base) }
+
+// reuseSpare renames a spare no reader is in to s.path and returns it open
+// for writing, or nil when there is none (or reusing it failed: then a new
+// file is made instead). The rename is made durable with the directory
+// at the next sync, like a creation. l.wmu held.
+func (l *Log) reuseSpare(s *segment) *os.File {
+	l.mu.Lock()
+	var sp *segment
+	for i, c := range l.spares {
+		if c.readers == 0 {
+			sp = c
+			l.spares = slices.Delete(l.spares, i, i+1)
+			break
+		}
+	}
+	l.mu.Unlock()
+	if sp == nil {
+		return nil
+	}
+	fail := func(err error) *os.File {
+		l.log.Warn("reusing a spare segment failed; creating a new one", "spare", sp.path, "err", err)
+		_ = os.Remove(sp.path)
+		return nil
+	}
+	if err := os.Rename(sp.path, s.path); err != nil {
+		return fail(err)
+	}
+	sp.path = s.path
+	f, err := os.OpenFile(s.path, os.O_RDWR, 0)
+	if err != nil {
+		return fail(err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return fail(err)
+	}
+	s.stale = fi.Size()
+	return f
+}
+
+// cutStale truncates a recycled segment to the records written into it,
+// so that a sealed segment ends where its data does. The caller syncs.
+// l.wmu held.
+func (l *Log) cutStale(s *segment) error {
+	if s == nil || s.stale <= s.size || l.wf == nil {
+		return nil
+	}
+	err := l.wf.Truncate(s.size)
+	if err == nil {
+		// Synced here, not left to the caller's sync, which has nothing
+		// to do when every record is durable already.
+		err = fdatasync(l.wf)
+	}
+	if err != nil {
+		err = fmt.Errorf("cutting the old bytes of reused segment %s at %d: %w", s.path, s.size, err)
+		l.mu.Lock()
+		if l.err == nil {
+			l.err = err
+		}
+		l.mu.Unlock()
+		return err
+	}
+	s.stale = 0
+	return nil
+}
+
+// retire keeps trimmed segment files as spares, up to maxSpares, and
+// removes the rest. Called without locks.
+func (l *Log) retire(drop []*segment) []error {
+	var errs []error
+	for _, s := range drop {
+		l.mu.Lock()
+		keep := len(l.spares) < maxSpares && !l.closed
+		l.mu.Unlock()
+		if keep {
+			sp := filepath.Join(l.dir, spareName(s.base))
+			if err := os.Rename(s.path, sp); err == nil {
+				l.mu.Lock()
+				s.path = sp
+				l.spares = append(l.spares, s)
+				l.mu.Unlock()
+				continue
+			}
+		}
+		if err := os.Remove(s.path); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
 
 // Sync makes everything appended so far durable.
 func (l *Log) Sync() error {
@@ -527,14 +645,10 @@ func (l *Log) TrimThrough(seq uint64) error {
 	}
 	l.mu.Unlock()
 
-	// Removed outside the lock: unlinking a large file can take a while.
-	// A reader still inside one of these keeps its handle and moves on.
-	var errs []error
-	for _, s := range drop {
-		if err := os.Remove(s.path); err != nil {
-			errs = append(errs, err)
-		}
-	}
+	// Retired outside the lock: unlinking a large file can take a while.
+	// A reader still inside one of these keeps its handle and moves on; a
+	// spare it is in is not reused until it has (segment.readers).
+	errs := l.retire(drop)
 	if len(drop) > 0 {
 		l.log.Debug("trimmed", "through", seq, "segments", len(drop))
 	}
@@ -572,8 +686,17 @@ func (l *Log) Close() error {
 		return nil
 	}
 	n := l.committed
+	var act *segment
+	if len(l.segs) > 0 {
+		act = l.segs[len(l.segs)-1]
+	}
 	l.mu.Unlock()
 	var errs []error
+	// A clean stop leaves no old bytes behind the records: Open then has
+	// nothing to cut.
+	if err := l.cutStale(act); err != nil {
+		errs = append(errs, err)
+	}
 	if err := l.syncThrough(n); err != nil {
 		errs = append(errs, err)
 	}

@@ -22,7 +22,8 @@ type Reader struct {
 	from uint64
 
 	started bool
-	base    uint64 // segment being read
+	base    uint64   // segment being read
+	seg     *segment // the same, counted in its readers; nil if none
 	path    string
 	f       *os.File
 
@@ -120,8 +121,10 @@ func (r *Reader) position(ctx context.Context) (int64, error) {
 			}
 		}
 		if next != nil {
+			r.pinLocked(next)
+			path := next.path
 			l.mu.Unlock()
-			return -1, r.open(next)
+			return -1, r.open(next.base, path)
 		}
 		wait := l.dataChLocked()
 		l.mu.Unlock()
@@ -135,15 +138,27 @@ func (r *Reader) position(ctx context.Context) (int64, error) {
 	}
 }
 
-// open switches the reader to segment s.
-func (r *Reader) open(s *segment) error {
+// pinLocked moves the reader's count from its segment to s (nil: none).
+// Log.mu held.
+func (r *Reader) pinLocked(s *segment) {
+	if r.seg != nil {
+		r.seg.readers--
+	}
+	r.seg = s
+	if s != nil {
+		s.readers++
+	}
+}
+
+// open switches the reader to the segment named base, at path.
+func (r *Reader) open(base uint64, path string) error {
 	if r.f != nil {
 		r.f.Close()
 		r.f = nil
 	}
-	r.started, r.base, r.path = true, s.base, s.path
+	r.started, r.base, r.path = true, base, path
 	r.bufOff, r.pos, r.n = 0, 0, 0
-	f, err := os.Open(s.path)
+	f, err := os.Open(path)
 	if errors.Is(err, os.ErrNotExist) {
 		// Trimmed since we looked; position will skip past it. Leaving
 		// r.f nil is fine: a trimmed segment is never read.
@@ -199,6 +214,9 @@ func (r *Reader) Close() error {
 	}
 	r.closed = true
 	r.buf = nil
+	r.l.mu.Lock()
+	r.pinLocked(nil)
+	r.l.mu.Unlock()
 	if r.f != nil {
 		err := r.f.Close()
 		r.f = nil

@@ -21,9 +21,17 @@ import (
 // torn tail. Called by Open only.
 func (l *Log) load() error {
 	start := time.Now()
-	bases, err := listSegments(l.dir, l.log)
+	bases, spares, err := listSegments(l.dir, l.log)
 	if err != nil {
 		return err
+	}
+	for i, base := range spares {
+		path := filepath.Join(l.dir, spareName(base))
+		if i < maxSpares {
+			l.spares = append(l.spares, &segment{base: base, path: path})
+		} else if err := os.Remove(path); err != nil {
+			return fmt.Errorf("removing extra spare segment: %w", err)
+		}
 	}
 	var (
 		prevLast uint64
@@ -85,13 +93,19 @@ type tornTail struct {
 	offset int64
 	size   int64 // file size before truncation
 	reason error
+	stale  bool // what follows is an older segment's bytes in a reused file, not a torn write
 }
 
 // truncateTail cuts the last segment back to its last whole record, or
 // removes it when not even its first record is whole.
 func (l *Log) truncateTail(s *segment, t *tornTail) error {
-	l.log.Warn("truncating torn tail of last segment",
-		"segment", s.path, "offset", t.offset, "dropped_bytes", t.size-t.offset, "reason", t.reason.Error())
+	if t.stale {
+		l.log.Info("cutting the old bytes of a reused segment after its last record",
+			"segment", s.path, "offset", t.offset, "dropped_bytes", t.size-t.offset)
+	} else {
+		l.log.Warn("truncating torn tail of last segment",
+			"segment", s.path, "offset", t.offset, "dropped_bytes", t.size-t.offset, "reason", t.reason.Error())
+	}
 	if t.offset == 0 {
 		if err := os.Remove(s.path); err != nil {
 			return fmt.Errorf("removing segment %s without a whole record: %w", s.path, err)
@@ -112,16 +126,20 @@ func (l *Log) truncateTail(s *segment, t *tornTail) error {
 	return nil
 }
 
-// listSegments returns the bases of the segment files in dir, ascending.
-func listSegments(dir string, log *slog.Logger) ([]uint64, error) {
+// listSegments returns the bases of the segment files and of the spares in
+// dir, ascending.
+func listSegments(dir string, log *slog.Logger) (bases, spares []uint64, err error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, fmt.Errorf("listing segments: %w", err)
+		return nil, nil, fmt.Errorf("listing segments: %w", err)
 	}
-	var bases []uint64
 	for _, de := range ents {
 		name := de.Name()
 		if name == "LOCK" {
+			continue
+		}
+		if base, ok := parseName(name, ".spare"); ok && de.Type().IsRegular() {
+			spares = append(spares, base)
 			continue
 		}
 		base, ok := parseSegmentName(name)
@@ -130,16 +148,19 @@ func listSegments(dir string, log *slog.Logger) ([]uint64, error) {
 			continue
 		}
 		if !de.Type().IsRegular() {
-			return nil, fmt.Errorf("segment %s is not a regular file", filepath.Join(dir, name))
+			return nil, nil, fmt.Errorf("segment %s is not a regular file", filepath.Join(dir, name))
 		}
 		bases = append(bases, base)
 	}
 	slices.Sort(bases)
-	return bases, nil
+	slices.Sort(spares)
+	return bases, spares, nil
 }
 
-func parseSegmentName(name string) (uint64, bool) {
-	digits, ok := strings.CutSuffix(name, ".seg")
+func parseSegmentName(name string) (uint64, bool) { return parseName(name, ".seg") }
+
+func parseName(name, suffix string) (uint64, bool) {
+	digits, ok := strings.CutSuffix(name, suffix)
 	if !ok || len(digits) != 20 {
 		return 0, false
 	}
@@ -179,7 +200,7 @@ func scanSegment(path string, base, prevLast uint64, havePrev, verify, last bool
 			}
 			return nil, nil, corrupt(off, reason)
 		}
-		p, err := findRecordAfter(f, off, size)
+		p, old, err := findRecordAfter(f, off, size, base)
 		if err != nil {
 			return nil, nil, fmt.Errorf("scanning segment %s: %w", path, err)
 		}
@@ -192,7 +213,7 @@ func scanSegment(path string, base, prevLast uint64, havePrev, verify, last bool
 			}
 			return nil, nil, corrupt(off, fmt.Errorf("%w (a valid record follows at offset %d)", reason, p))
 		}
-		return s, &tornTail{offset: off, size: size, reason: reason}, nil
+		return s, &tornTail{offset: off, size: size, reason: reason, stale: old}, nil
 	}
 
 	if size == 0 {
@@ -243,6 +264,13 @@ func scanSegment(path string, base, prevLast uint64, havePrev, verify, last bool
 				return damaged(off, fmt.Errorf("%w: checksum %#08x, header says %#08x", ErrCorrupt, got, want))
 			}
 		}
+		// In the last segment, a whole record older than the segment's
+		// name is what a reused file held before (Log.reuseSpare): the
+		// records written into it end here. Nothing written into a
+		// segment is below its base, so this never hides a new record.
+		if last && h.first < base {
+			return s, &tornTail{offset: off, size: size, reason: errors.New("old bytes of a reused file"), stale: true}, nil
+		}
 		// A record that passes its checksum but breaks the order was
 		// written wrong, not torn: never a tail to cut.
 		if off == 0 && h.first != base {
@@ -264,10 +292,14 @@ func scanSegment(path string, base, prevLast uint64, havePrev, verify, last bool
 }
 
 // findRecordAfter returns the offset of the first whole, valid record that
-// starts after off, or -1. Only used on the failure path of the last segment.
-// It searches in windows and reads a candidate whole only once its header
-// parses, so memory stays bounded even behind an oversized record.
-func findRecordAfter(f *os.File, off, size int64) (int64, error) {
+// starts after off and belongs to the segment named base, or -1, and
+// whether it passed records below base on the way: those are what a reused
+// file held before, not data written into this segment. Only used on the
+// failure path of the last segment. It searches in windows and reads a
+// candidate whole only once its header parses, so memory stays bounded
+// even behind an oversized record.
+func findRecordAfter(f *os.File, off, size int64, base uint64) (int64, bool, error) {
+	old := false
 	const window = 1 << 20
 	var magic [4]byte
 	binary.LittleEndian.PutUint32(magic[:], recordMagic)
@@ -276,7 +308,7 @@ func findRecordAfter(f *os.File, off, size int64) (int64, error) {
 	for start := off + 1; start+headerSize <= size; start += window - int64(len(magic)-1) {
 		n := int(min(window, size-start))
 		if _, err := f.ReadAt(buf[:n], start); err != nil {
-			return 0, fmt.Errorf("reading tail at %d: %w", start, err)
+			return 0, old, fmt.Errorf("reading tail at %d: %w", start, err)
 		}
 		for i := 0; ; i++ {
 			j := bytes.Index(buf[i:n], magic[:])
@@ -290,20 +322,24 @@ func findRecordAfter(f *os.File, off, size int64) (int64, error) {
 				break
 			}
 			if _, err := f.ReadAt(hdr[:], p); err != nil {
-				return 0, fmt.Errorf("reading tail at %d: %w", p, err)
+				return 0, old, fmt.Errorf("reading tail at %d: %w", p, err)
 			}
 			h, err := parseHeader(hdr[:])
 			if err != nil || p+headerSize+int64(h.length) > size {
 				continue
 			}
+			if h.first < base {
+				old = true
+				continue
+			}
 			rec = slices.Grow(rec[:0], headerSize+int(h.length))[:headerSize+int(h.length)]
 			if _, err := f.ReadAt(rec, p); err != nil {
-				return 0, fmt.Errorf("reading tail at %d: %w", p, err)
+				return 0, old, fmt.Errorf("reading tail at %d: %w", p, err)
 			}
 			if _, _, err := decodeRecord(rec); err == nil {
-				return p, nil
+				return p, old, nil
 			}
 		}
 	}
-	return -1, nil
+	return -1, old, nil
 }
