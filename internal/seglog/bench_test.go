@@ -150,3 +150,23 @@ func BenchmarkOpen(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAppendTrimKeepingUp is the steady state of a cache whose
+// consumer keeps up: 1 MiB entries appended with fdatasync and trimmed
+// right away, so segments roll and are retired (reused as spares) as
+// they fill.
+func BenchmarkAppendTrimKeepingUp(b *testing.B) {
+	l := mustOpen(b, b.TempDir(), Options{Logger: discardLogger()})
+	defer l.Close()
+	data := make([]byte, 1<<20)
+	b.SetBytes(int64(len(data)))
+	for i := 0; i < b.N; i++ {
+		s := uint64(i + 1)
+		if err := l.Append(context.Background(), Entry{First: s, Last: s, Data: data}, true); err != nil {
+			b.Fatal(err)
+		}
+		if err := l.TrimThrough(s); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
