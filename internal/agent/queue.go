@@ -51,6 +51,18 @@ func (q *queue) releaseLocked(r *qrec) {
 	q.unshareLocked(r.shared)
 }
 
+// dropLocked gives back the data of the record at index i of q.recs, which
+// is being dropped, unless the sender may be copying it into a batch right
+// now (it took every record below q.sent): then the release waits for
+// encoded, so the buffer is not lent to a new write mid-copy.
+func (q *queue) dropLocked(r *qrec, i int) {
+	if q.encoding && i < q.sent {
+		q.afterEncode = append(q.afterEncode, qrec{buf: r.buf, shared: r.shared})
+		return
+	}
+	q.releaseLocked(r)
+}
+
 // queue is the agent's in-memory change log: one sequence for the whole
 // machine, records kept in sequence order until the process server has them
 // durably. Its bound is what turns a long outage into bitmap mode rather
@@ -99,11 +111,12 @@ type queue struct {
 	// writes' data) and the copy readers theirs. A buffer goes back when
 	// its record is acknowledged: the process server has it, so the sender
 	// is done with it. encoding is set while the sender copies a batch out
-	// of records it took, so that dropping records (overflow, requeue)
-	// leaves those buffers to the collector instead of lending them to a
-	// new write mid-copy.
-	bufs     bufpool.Pool
-	encoding bool
+	// of records it took; records dropped meanwhile (acknowledged, an
+	// overflow, a requeue) keep their buffers in afterEncode until it is
+	// done, instead of lending them to a new write mid-copy.
+	bufs        bufpool.Pool
+	encoding    bool
+	afterEncode []qrec
 }
 
 type stamp struct {
@@ -283,9 +296,7 @@ func (q *queue) overflowLocked() {
 	}
 	disks := map[*disk]bool{}
 	for i, r := range q.recs[q.head:] {
-		if !q.encoding || q.head+i >= q.sent {
-			q.releaseLocked(&r)
-		}
+		q.dropLocked(&r, q.head+i)
 		if r.disk == nil {
 			continue
 		}
@@ -327,9 +338,7 @@ func (q *queue) requeueCopiesLocked() {
 			}
 			if r.Op == wire.OpCopy || r.Op == wire.OpCopyZero {
 				q.bytes -= int64(len(r.Data)) + 64
-				if !q.encoding || i >= q.sent {
-					q.releaseLocked(&r)
-				}
+				q.dropLocked(&r, i)
 				continue
 			}
 			kept = append(kept, r)
@@ -372,7 +381,10 @@ func (q *queue) ack(a wire.Ack) {
 		if r.Op == wire.OpCopy || r.Op == wire.OpCopyZero {
 			q.copies -= sz
 		}
-		q.releaseLocked(r)
+		// The process server may acknowledge records this session has
+		// not sent yet (it cached them from an earlier session whose ack
+		// was lost): the sender may be copying them now.
+		q.dropLocked(r, i)
 		q.recs[i] = qrec{}
 		i++
 	}
@@ -471,6 +483,11 @@ func (q *queue) nextBatch(ctx context.Context, maxBytes int) (wire.Batch, error)
 func (q *queue) encoded() {
 	q.mu.Lock()
 	q.encoding = false
+	for i := range q.afterEncode {
+		q.releaseLocked(&q.afterEncode[i])
+		q.afterEncode[i] = qrec{}
+	}
+	q.afterEncode = q.afterEncode[:0]
 	q.mu.Unlock()
 }
 

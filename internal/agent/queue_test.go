@@ -150,6 +150,52 @@ func TestOverflowDuringEncodingKeepsBatchBytes(t *testing.T) {
 	}
 }
 
+// The process server may acknowledge records the sender has taken but not
+// sent (it cached them in an earlier session whose ack was lost): their
+// buffers must not go to new writes while the sender copies them. Seen as
+// a data race in TestRestartsUnderWrites (internal/processserver).
+func TestAckDuringEncodingKeepsBatchBytes(t *testing.T) {
+	a, d := newTestAgent(t, 64<<20)
+	ctx := context.Background()
+	b, err := a.q.nextBatch(ctx, 64<<20) // the initial-sync markers
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	a.q.ack(wire.Ack{Cached: b.Last})
+	for i := range 8 {
+		if err := d.WriteAt(ctx, bytes.Repeat([]byte{byte(0x10 + i)}, 64<<10), int64(i)<<16, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err = a.q.nextBatch(ctx, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs := capturedOnly(b.Records)
+	if len(recs) != 8 {
+		t.Fatalf("batch holds %d writes, want 8", len(recs))
+	}
+	// Still "encoding": the whole batch is acknowledged, then new writes
+	// take buffers from the pool.
+	a.q.ack(wire.Ack{Cached: b.Last})
+	for i := range 64 {
+		if err := d.WriteAt(ctx, bytes.Repeat([]byte{0xBB}, 64<<10), int64(4<<20+i<<16), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, r := range recs {
+		if !bytes.Equal(r.Data, bytes.Repeat([]byte{byte(0x10 + i)}, 64<<10)) {
+			t.Fatalf("record %d of the batch being encoded was overwritten after its acknowledgment", i)
+		}
+	}
+	a.q.encoded()
+	// Released now: the next writes reuse them.
+	if n := len(a.q.afterEncode); n != 0 {
+		t.Fatalf("%d records' buffers still held after encoding", n)
+	}
+}
+
 func TestNextBatchReturnsOnCancel(t *testing.T) {
 	// session() cancels and wakes a sender blocked in nextBatch, then
 	// waits for it: the wait must end.

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"standby/internal/agent"
@@ -71,8 +72,18 @@ func Run(ctx context.Context, o Options) error {
 	say("sample disk %s (%d MiB)", diskPath, o.DiskSize>>20)
 
 	ctx, cancel := context.WithCancel(ctx)
+	// The roles are stopped, and waited for, whatever way Run returns.
+	var roles sync.WaitGroup
+	defer roles.Wait()
 	defer cancel()
 	errc := make(chan error, 3)
+	run := func(f func(context.Context) error) {
+		roles.Add(1)
+		go func() {
+			defer roles.Done()
+			errc <- f(ctx)
+		}()
+	}
 
 	mtTLS, err := config.MasterTargetTLS(tlsOf(pki.RoleMasterTarget, "mt1"))
 	if err != nil {
@@ -83,7 +94,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	go func() { errc <- mt.Run(ctx) }()
+	run(mt.Run)
 	mtAddr := waitAddr(ctx, mt.Addr)
 
 	psSrv, psCli, err := config.ProcessServerTLS(tlsOf(pki.RoleProcessServer, "ps1"), mtAddr)
@@ -95,7 +106,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	go func() { errc <- ps.Run(ctx) }()
+	run(ps.Run)
 	psAddr := waitAddr(ctx, ps.Addr)
 
 	aTLS, err := config.AgentTLS(tlsOf(pki.RoleAgent, machine), psAddr)
@@ -109,7 +120,7 @@ func Run(ctx context.Context, o Options) error {
 	if err != nil {
 		return err
 	}
-	go func() { errc <- ag.Run(ctx) }()
+	run(ag.Run)
 	say("master target %s, process server %s, agent exporting disk0 at nbd+unix:///disk0?socket=%s", mtAddr, psAddr, sock)
 
 	// The workload writes while the initial copy runs.
