@@ -93,10 +93,10 @@ func TestCapturedWritesKeepTheirBytesUntilAcknowledged(t *testing.T) {
 	}
 }
 
-// An overflow while the sender copies a batch out of its records must not
-// lend those records' buffers to new writes.
-func TestOverflowDuringEncodingKeepsBatchBytes(t *testing.T) {
-	a, d := newTestAgent(t, 1<<20)
+// takeEightWrites writes 8 distinct 64 KiB blocks and has the sender take
+// them as one batch, which it is then "encoding" (encoded not called).
+func takeEightWrites(t *testing.T, a *Agent, d *disk) (wire.Batch, []wire.Record) {
+	t.Helper()
 	ctx := context.Background()
 	b, err := a.q.nextBatch(ctx, 64<<20) // the initial-sync markers
 	if err != nil {
@@ -109,14 +109,22 @@ func TestOverflowDuringEncodingKeepsBatchBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	b, err = a.q.nextBatch(ctx, 64<<20)
-	if err != nil {
+	if b, err = a.q.nextBatch(ctx, 64<<20); err != nil {
 		t.Fatal(err)
 	}
 	recs := capturedOnly(b.Records)
 	if len(recs) != 8 {
 		t.Fatalf("batch holds %d writes, want 8", len(recs))
 	}
+	return b, recs
+}
+
+// An overflow while the sender copies a batch out of its records must not
+// lend those records' buffers to new writes.
+func TestOverflowDuringEncodingKeepsBatchBytes(t *testing.T) {
+	a, d := newTestAgent(t, 1<<20)
+	ctx := context.Background()
+	_, recs := takeEightWrites(t, a, d)
 	// Still "encoding": overflow the queue with more writes than it holds.
 	for i := range 32 {
 		if err := d.WriteAt(ctx, bytes.Repeat([]byte{0xAA}, 64<<10), int64(2<<20+i<<16), false); err != nil {
@@ -157,25 +165,7 @@ func TestOverflowDuringEncodingKeepsBatchBytes(t *testing.T) {
 func TestAckDuringEncodingKeepsBatchBytes(t *testing.T) {
 	a, d := newTestAgent(t, 64<<20)
 	ctx := context.Background()
-	b, err := a.q.nextBatch(ctx, 64<<20) // the initial-sync markers
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.q.encoded()
-	a.q.ack(wire.Ack{Cached: b.Last})
-	for i := range 8 {
-		if err := d.WriteAt(ctx, bytes.Repeat([]byte{byte(0x10 + i)}, 64<<10), int64(i)<<16, false); err != nil {
-			t.Fatal(err)
-		}
-	}
-	b, err = a.q.nextBatch(ctx, 64<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	recs := capturedOnly(b.Records)
-	if len(recs) != 8 {
-		t.Fatalf("batch holds %d writes, want 8", len(recs))
-	}
+	b, recs := takeEightWrites(t, a, d)
 	// Still "encoding": the whole batch is acknowledged, then new writes
 	// take buffers from the pool.
 	a.q.ack(wire.Ack{Cached: b.Last})

@@ -196,6 +196,7 @@ type cluster struct {
 	// options
 	queueBytes int64
 	cacheBytes int64
+	loopDisks  map[int]bool // these disks are loop devices over their image files
 	extraAgent []string
 	extraPS    []string
 	extraMT    []string
@@ -229,6 +230,9 @@ func newCluster(t *testing.T, diskSizes []int64, opts ...clusterOpt) *cluster {
 		}
 		if err := os.Truncate(p, sz); err != nil {
 			t.Fatal(err)
+		}
+		if c.loopDisks[i] {
+			p = loopDevice(t, p)
 		}
 		c.disks = append(c.disks, p)
 	}
@@ -291,6 +295,33 @@ func newCluster(t *testing.T, diskSizes []int64, opts ...clusterOpt) *cluster {
 		}
 	})
 	return c
+}
+
+// withLoopDisks makes the given disks loop devices over their image files:
+// the agent protects a block device.
+func withLoopDisks(idx ...int) clusterOpt {
+	return func(c *cluster) {
+		c.loopDisks = map[int]bool{}
+		for _, i := range idx {
+			c.loopDisks[i] = true
+		}
+	}
+}
+
+// loopDevice attaches file to a free loop device, detached at cleanup.
+func loopDevice(t *testing.T, file string) string {
+	t.Helper()
+	requireRoot(t)
+	requireTools(t, "losetup")
+	out, err := exec.Command("losetup", "-f", "--show", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("losetup %s: %v\n%s", file, err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	// Registered before the cluster's cleanup, so it runs after the roles
+	// are killed and the device is no longer open.
+	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
+	return dev
 }
 
 func hostsFor(c *cluster) []string {

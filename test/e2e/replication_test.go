@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -24,7 +25,10 @@ func fillRandom(t *testing.T, path string, seed uint64, mib int) {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	st, _ := f.Stat()
+	size, err := f.Seek(0, io.SeekEnd) // a block device's Stat says 0
+	if err != nil {
+		t.Fatal(err)
+	}
 	rng := rand.New(rand.NewPCG(seed, 7))
 	buf := make([]byte, 1<<20)
 	for i := 0; i < mib; i++ {
@@ -34,7 +38,7 @@ func fillRandom(t *testing.T, path string, seed uint64, mib int) {
 				buf[j+k] = byte(v >> (8 * k))
 			}
 		}
-		off := rng.Int64N(st.Size()>>20) << 20
+		off := rng.Int64N(size>>20) << 20
 		if _, err := f.WriteAt(buf, off); err != nil {
 			t.Fatal(err)
 		}
@@ -140,6 +144,37 @@ func TestQemuIORandomWritesDuringInitialSync(t *testing.T) {
 	// Replicas are sparse: the holes of the source were not sent as data.
 	if used, src := allocated(t, c.replica(0)), allocated(t, c.disks[0]); used > src+16<<20 {
 		t.Errorf("replica of disk0 allocates %d MiB, the source %d MiB: holes should stay holes", used>>20, src>>20)
+	}
+}
+
+// TestLoopDeviceProtected: a machine whose first disk is a block device (a
+// loop device) and whose second is an image file. The agent protects both
+// through the initial copy, qemu-io writes and a kill -9 of the agent; the
+// replicas end identical to the device and the file.
+func TestLoopDeviceProtected(t *testing.T) {
+	requireTools(t, "qemu-io")
+	const size = 64 << 20
+	c := newCluster(t, []int64{size, size / 2}, withLoopDisks(0))
+	if !strings.HasPrefix(c.disks[0], "/dev/loop") {
+		t.Fatalf("disk0 is %s, not a loop device", c.disks[0])
+	}
+	fillRandom(t, c.disks[0], 3, 24) // through the block device
+	fillRandom(t, c.disks[1], 4, 8)
+	c.startAll()
+	rng := rand.New(rand.NewPCG(43, uint64(time.Now().UnixNano())))
+	runQemuIO(t, c.nbdURI(0), qemuIOScript(rng, size, 150))
+	runQemuIO(t, c.nbdURI(1), qemuIOScript(rng, size/2, 80))
+	c.ag.kill9()
+	c.ag.start()
+	c.waitSocket()
+	runQemuIO(t, c.nbdURI(0), qemuIOScript(rng, size, 100))
+	c.waitIdentical(3 * time.Minute)
+	st, err := c.agentStatus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(st.Disks) != 2 || st.Disks[0].Size != size || st.Disks[1].Size != size/2 {
+		t.Fatalf("agent reports disks %+v, want sizes %d and %d", st.Disks, size, size/2)
 	}
 }
 
