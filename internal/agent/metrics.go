@@ -19,6 +19,7 @@ func (a *Agent) metrics() *prometheus.Registry {
 		return 0
 	})
 	gauge("overflows_total", "Times the change queue overflowed into bitmap mode.", func(s Status) float64 { return float64(s.Overflows) })
+	gauge("held_writes_total", "Writes that waited for room in a full change queue (queue_hold).", func(s Status) float64 { return float64(s.HeldWrites) })
 	gauge("dirty_bytes", "Bytes waiting for resync on all disks.", func(s Status) float64 {
 		var n int64
 		for _, d := range s.Disks {
