@@ -262,3 +262,68 @@ func TestReusedSegmentOldRecordOnBoundary(t *testing.T) {
 		})
 	}
 }
+
+// FuzzOpenLastSegment feeds Open a last segment made of whole records of
+// its own, then arbitrary bytes (which may hold records of an older
+// segment, as a reused file does). Open either fails with ErrCorrupt or
+// returns at least the segment's own records, in order, and a second Open
+// finds nothing more to change.
+func FuzzOpenLastSegment(f *testing.F) {
+	f.Add(uint8(3), []byte{}, false)
+	f.Add(uint8(2), []byte{}, true) // a reused file: own records, then an older segment's
+	f.Add(uint8(0), []byte{}, true)
+	f.Add(uint8(2), []byte("garbage after the records"), true)
+	f.Add(uint8(0), appendRecord(nil, Entry{First: 7, Last: 8, Data: []byte("old")}), false)
+	f.Add(uint8(4), appendRecord(nil, Entry{First: 2000, Last: 2000, Data: []byte("later")}), false)
+	f.Add(uint8(1), appendRecord(nil, Entry{First: 1500, Last: 1501, Data: payload(1500, 300)})[:100], true)
+	f.Fuzz(func(t *testing.T, nNew uint8, tail []byte, withOld bool) {
+		const base = 1000
+		var file []byte
+		var own []Entry
+		for i := range int(nNew % 6) {
+			e := Entry{First: base + uint64(2*i), Last: base + uint64(2*i) + 1, Data: payload(uint64(i), i*37%300)}
+			file = appendRecord(file, e)
+			own = append(own, e)
+		}
+		if withOld {
+			file = appendRecord(file, Entry{First: 5, Last: 6, Data: payload(5, 100)})
+		}
+		file = append(file, tail...)
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, segmentName(base)), file, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		l, err := Open(dir, Options{Logger: discardLogger()})
+		if err != nil {
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Open failed with an error that is not ErrCorrupt: %v", err)
+			}
+			if len(tail) == 0 {
+				// Own records, then at most an older segment's: nothing
+				// damaged.
+				t.Fatalf("Open refused a segment without damage: %v", err)
+			}
+			return
+		}
+		got := readAllEntries(t, l)
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) < len(own) {
+			t.Fatalf("Open kept %d entries, fewer than the segment's %d whole records", len(got), len(own))
+		}
+		sameEntries(t, got[:len(own)], own)
+		for i, e := range got {
+			if e.First < base || (i > 0 && e.First <= got[i-1].Last) {
+				t.Fatalf("entry %d [%d,%d] out of order or below the base", i, e.First, e.Last)
+			}
+		}
+		l2, err := Open(dir, Options{Logger: discardLogger()})
+		if err != nil {
+			t.Fatalf("second Open: %v", err)
+		}
+		again := readAllEntries(t, l2)
+		l2.Close()
+		sameEntries(t, again, got)
+	})
+}
