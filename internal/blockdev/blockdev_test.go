@@ -12,8 +12,6 @@ import (
 	"syscall"
 	"testing"
 	"unsafe"
-
-	"golang.org/x/sys/unix"
 )
 
 func newFile(t *testing.T, size int64) string {
@@ -519,41 +517,4 @@ func TestWriteDirectCoherentWithCache(t *testing.T) {
 	}
 	d.Close()
 	check(openT(t, p, false))
-}
-
-// Cached tells a page in the page cache from one that must come from the
-// disk, so the master target can skip prefetching a hot working set.
-func TestCached(t *testing.T) {
-	const size = 4 << 20
-	p := newFile(t, size)
-	d := openT(t, p, false)
-	if _, err := d.WriteAt(fill(3, size), 0); err != nil {
-		t.Fatal(err)
-	}
-	if err := d.Sync(); err != nil {
-		t.Fatal(err)
-	}
-	if !d.Cached(1<<20, 4096) {
-		t.Fatal("a page just written is not reported cached")
-	}
-	// Clean pages leave the cache on DONTNEED.
-	if err := d.control(func(fd int) error { return unix.Fadvise(fd, 0, size, unix.FADV_DONTNEED) }); err != nil {
-		t.Fatal(err)
-	}
-	if d.Cached(2<<20, 4096) {
-		t.Fatal("a page dropped from the cache is reported cached")
-	}
-	buf := make([]byte, 4096)
-	if _, err := d.ReadAt(buf, 2<<20); err != nil {
-		t.Fatal(err)
-	}
-	if !d.Cached(2<<20, 4096) {
-		t.Fatal("a page just read is not reported cached")
-	}
-	if _, err := d.ReadAt(buf[:100], size-100); err != nil {
-		t.Fatal(err)
-	}
-	if !d.Cached(size-100, 4096) || !d.Cached(size, 0) {
-		t.Fatal("ranges at and past the end")
-	}
 }

@@ -143,27 +143,6 @@ func (d *Disk) closeDirect() {
 	d.direct.off = true
 }
 
-// Cached reports whether the first page of [off, off+n) can be read from
-// the page cache without waiting for the disk (a read with RWF_NOWAIT).
-// False when it cannot tell.
-func (d *Disk) Cached(off, n int64) bool {
-	if n <= 0 {
-		return true
-	}
-	var buf [4096]byte
-	want := int(min(n, int64(len(buf)), d.Size()-off))
-	if want <= 0 {
-		return true
-	}
-	var got int
-	err := d.control(func(fd int) error {
-		var err error
-		got, err = unix.Preadv2(fd, [][]byte{buf[:want]}, off, unix.RWF_NOWAIT)
-		return err
-	})
-	return err == nil && got == want
-}
-
 // Prefetch asks the kernel to start reading [off, off+n) into the page
 // cache without waiting for it, so that a series of small reads that are
 // about to follow one another (before-images of scattered writes) overlap

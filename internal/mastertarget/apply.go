@@ -350,24 +350,13 @@ func (m *machine) preserve(recs []wire.Record) error {
 	m.mu.Unlock()
 	// Start reading every before-image of the run at once: the reads below
 	// then find them cached instead of waiting for the disk one by one.
-	// Unless the run's first and last before-images are cached already
-	// (a working set that fits in memory): then the advice is a system call
-	// per record for nothing, an eighth of the master target's CPU in
-	// 4 KiB random writes.
 	if len(recs) > 1 {
-		var want []wire.Record
 		sy := append([]bool(nil), synced...)
 		for _, rec := range recs {
 			if rec.Op == wire.OpSyncDone {
 				sy[rec.Disk] = true
 			}
 			if rec.Seq > applied && rec.Seq > last && rec.Op.Modifies() && sy[rec.Disk] {
-				want = append(want, rec)
-			}
-		}
-		cached := func(r wire.Record) bool { return m.replica[r.Disk].Cached(int64(r.Offset), int64(r.Length)) }
-		if len(want) > 1 && !(cached(want[0]) && cached(want[len(want)-1])) {
-			for _, rec := range want {
 				m.replica[rec.Disk].Prefetch(int64(rec.Offset), int64(rec.Length))
 			}
 		}
