@@ -388,9 +388,11 @@ func (q *queue) ack(a wire.Ack) {
 		q.recs[i] = qrec{}
 		i++
 	}
-	dropped := i - q.head
+	// q.sent is an index into q.recs like q.head: records dropped from the
+	// front do not move it (only compaction below does). It once moved back
+	// by the number dropped, so every acknowledgment that found the sender
+	// ahead made it send that many records again.
 	q.head = i
-	q.sent -= dropped
 	if q.sent < q.head {
 		q.sent = q.head
 	}

@@ -309,3 +309,49 @@ func TestCopyBuffersSharedUntilLastAcknowledged(t *testing.T) {
 		t.Fatal("queued copy record overwritten by a later copy read")
 	}
 }
+
+// An acknowledgment of part of what was sent must not make the sender send
+// the rest again (the process server would discard the duplicates, but
+// only after receiving, decrypting and decoding them).
+func TestPartialAckDoesNotResend(t *testing.T) {
+	a, d := newTestAgent(t, 64<<20)
+	ctx := context.Background()
+	b, err := a.q.nextBatch(ctx, 64<<20) // the initial-sync markers
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	a.q.ack(wire.Ack{Cached: b.Last})
+	for i := range 10 {
+		if err := d.WriteAt(ctx, bytes.Repeat([]byte{1}, 4096), int64(i)<<12, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if b, err = a.q.nextBatch(ctx, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	if len(b.Records) != 10 {
+		t.Fatalf("batch of %d records, want 10", len(b.Records))
+	}
+	a.q.ack(wire.Ack{Cached: b.Records[4].Seq})
+	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	stop := context.AfterFunc(cctx, a.q.wake) // as the session does
+	defer stop()
+	if b2, err := a.q.nextBatch(cctx, 64<<20); err == nil {
+		t.Fatalf("sent records %d..%d again after an acknowledgment of the first 5", b2.First, b2.Last)
+	}
+	// A write after it is the next thing sent, alone.
+	if err := d.WriteAt(ctx, bytes.Repeat([]byte{2}, 4096), 20<<12, false); err != nil {
+		t.Fatal(err)
+	}
+	b3, err := a.q.nextBatch(ctx, 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b3.Records) != 1 || b3.First != b.Last+1 {
+		t.Fatalf("next batch %d..%d (%d records), want only seq %d", b3.First, b3.Last, len(b3.Records), b.Last+1)
+	}
+}
+
