@@ -354,4 +354,3 @@ func TestPartialAckDoesNotResend(t *testing.T) {
 		t.Fatalf("next batch %d..%d (%d records), want only seq %d", b3.First, b3.Last, len(b3.Records), b.Last+1)
 	}
 }
-
