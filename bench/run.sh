@@ -397,20 +397,43 @@ declare -A FIO=()
 # writes wait for room in the queue instead of overflowing to the bitmap, so
 # what fio reaches is the rate replication sustains, in order (compared with
 # qemu-nbd's seq1m-qd8 figure; qemu-nbd is not run again for it).
-read -r -a FIO_JOBS <<<"${STANDBY_FIO_JOBS:-rand4k-qd1 rand4k-qd32 seq1m-qd8 seq1m-qd8-held}"
+#
+# The -split jobs run the same fio job with the protected machine and the
+# replication servers on CPUs of their own, as in any deployment (the
+# process server and master target are other machines): fio and the agent,
+# or fio and qemu-nbd, on CPU 0; the process server and master target on
+# CPU 1 (taskset). The plain jobs share both vCPUs among everything.
+SPLIT_JOBS="rand4k-qd1-split rand4k-qd32-split"
+[ "$(nproc)" -ge 2 ] || SPLIT_JOBS=""
+read -r -a FIO_JOBS <<<"${STANDBY_FIO_JOBS:-rand4k-qd1 rand4k-qd32 seq1m-qd8 seq1m-qd8-held $SPLIT_JOBS}"
 HELD_FLAGS=(--queue-hold 10s)
 fio_args() { # JOB
-	case $1 in
+	case ${1%-split} in
 	rand4k-qd1) echo --rw=randwrite --bs=4k --iodepth=1 ;;
 	rand4k-qd32) echo --rw=randwrite --bs=4k --iodepth=32 ;;
 	seq1m-qd8 | seq1m-qd8-held) echo --rw=write --bs=1M --iodepth=8 ;;
 	esac
 }
 peer_job() { echo "${1%-held}"; } # JOB: whose qemu-nbd figure it is compared with
+is_split() { [ "${1%-split}" != "$1" ]; }
+# pin JOB: for a -split job, the protected side on CPU 0 and the servers on
+# CPU 1; for any other job, every process on every CPU again. taskset -a
+# moves every thread; threads started later inherit their creator's mask.
+pin() {
+	local all="0-$(($(nproc) - 1))" prot srv n
+	prot=$all srv=$all
+	if is_split "$1"; then prot=0 srv=1; fi
+	for n in agent qemunbd; do [ -n "${PIDS[$n]:-}" ] && taskset -a -p -c "$prot" "${PIDS[$n]}" >/dev/null; done
+	for n in ps mt; do [ -n "${PIDS[$n]:-}" ] && taskset -a -p -c "$srv" "${PIDS[$n]}" >/dev/null; done
+	FIO_PIN=()
+	is_split "$1" && FIO_PIN=(taskset -c "$prot")
+	return 0
+}
+FIO_PIN=()
 run_fio() { # NAME URI OUTJSON extra...
 	local name=$1 uri=$2 json=$3
 	shift 3
-	fio --name="$name" --ioengine=nbd --uri="$uri" --size="${FIO_MB}M" --output-format=json --output="$json" "$@" >>"$RUNLOG" 2>&1
+	"${FIO_PIN[@]}" fio --name="$name" --ioengine=nbd --uri="$uri" --size="${FIO_MB}M" --output-format=json --output="$json" "$@" >>"$RUNLOG" 2>&1
 }
 bench_intercept() {
 	local dir=$WORK/b2 r job tgt line json msum
@@ -438,10 +461,16 @@ bench_intercept() {
 				stop_bg agent
 				start_agent "$dir" "b2-held-r$r" "$dir/a.img" "${HELD_FLAGS[@]}"
 			fi
+			pin "$job"
 			for tgt in $order; do
 				json=$OUT/fio/$job-$tgt-r$r.json
+				# Replication of the previous job is applied and every dirty
+				# page written back first, for either target: no job runs
+				# beside the master target's apply or the kernel's writeback
+				# of another.
+				wait_sync --timeout 5m >/dev/null || log "   (agent not drained before $job)"
+				sync
 				if [ "$tgt" = standby ]; then
-					wait_sync --timeout 5m >/dev/null || log "   (agent not drained before $job)"
 					start_monitor "b2-$job-r$r" agent
 					run_fio "$job" "$AURI" "$json" $(fio_args "$job") --runtime="$FIO_RUNTIME" --ramp_time="$FIO_RAMP" --time_based
 					msum=$(stop_monitor)
@@ -661,6 +690,7 @@ RES=$OUT/results.md
 			fi
 			what="fio $job"
 			[ "$pj" != "$job" ] && what="fio $pj, agent ${HELD_FLAGS[*]} (writes wait for replication)"
+			is_split "$job" && what="fio ${job%-split}, protected side (fio + agent, fio + qemu-nbd) on CPU 0, process server + master target on CPU 1"
 			echo "| 2 | $what | $(calc "$a" 0) IOPS, $(calc "$ab/1048576" 1) MiB/s | $(calc "$q" 0) IOPS, $(calc "$qb/1048576" 1) MiB/s (qemu-nbd) | $(ratio "$a/($q+1e-9)")× | ≥ 0.8× | $v |"
 		done
 	fi
