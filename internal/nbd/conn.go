@@ -11,6 +11,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"standby/internal/bufpool"
 )
@@ -35,15 +36,51 @@ type conn struct {
 	// flight and nothing more sent: read loop only.
 	alone int
 
-	wmu sync.Mutex
-	// waiting counts repliers queued on wmu. The holder skips the flush
-	// while others wait, since the last of them will flush: one syscall
-	// carries a burst of replies at high queue depth, while a lone reply
-	// still goes out immediately.
+	// unreplied counts quick requests (isQuick) read and not yet answered
+	// (every request but DISC gets exactly one reply). A quick request's
+	// reply is held in the buffer while other quick ones are still being
+	// handled: the last of them flushes it with its own, so one write to the socket carries a burst of replies
+	// at high queue depth. Each write wakes the client, and on the
+	// development VM (a PVM guest, where a context switch is a hypervisor
+	// call) a flush per reply cost a third of the 4 KiB qd32 write rate.
+	// A lone reply still goes out at once.
+	unreplied atomic.Int32
+	// waiting counts repliers queued on wmu.
 	waiting atomic.Int32
-	werr    error                         // first write error; guarded by wmu
-	scratch [structuredReplySize + 8]byte // reply header space; guarded by wmu
+
+	wmu       sync.Mutex
+	werr      error                         // first write error; guarded by wmu
+	scratch   [structuredReplySize + 8]byte // reply header space; guarded by wmu
+	unflushed int                           // replies in bw since the last flush; guarded by wmu
+	// holdTimer flushes held replies after replyHold, so that a slow
+	// request (a FLUSH, a write waiting for queue room) does not hold up
+	// the answers to fast ones; guarded by wmu.
+	holdTimer *time.Timer
+	holding   bool // holdTimer is armed; guarded by wmu
 }
+
+// isQuick reports whether req is expected to be answered within
+// microseconds: a small read, write, trim or zeroing without FUA, or a
+// block-status query.
+func isQuick(req request) bool {
+	switch req.typ {
+	case cmdRead, cmdWrite, cmdTrim, cmdWriteZeroes:
+		return req.length <= quickMax && req.flags&cmdFlagFUA == 0
+	case cmdBlockStatus:
+		return true
+	}
+	return false
+}
+
+// quickMax is the largest read or write whose reply may wait for others.
+const quickMax = 64 << 10
+
+// replyHold bounds how long a reply waits in the buffer for the replies of
+// other requests in flight, and maxHeldReplies how many wait.
+const (
+	replyHold      = 200 * time.Microsecond
+	maxHeldReplies = 16
+)
 
 // errDisconnect reports a clean NBD_CMD_DISC.
 var errDisconnect = errors.New("nbd: client sent NBD_CMD_DISC")
@@ -75,7 +112,11 @@ func (c *conn) transmit(ctx context.Context) error {
 	c.wg.Wait()
 	c.wmu.Lock()
 	if c.werr == nil {
-		c.werr = c.bw.Flush()
+		c.werr = c.flushLocked()
+	}
+	if c.holding {
+		c.holdTimer.Stop()
+		c.holding = false
 	}
 	werr := c.werr
 	c.wmu.Unlock()
@@ -129,6 +170,10 @@ func (c *conn) readLoop() error {
 		w := c.weight(req)
 		for range w {
 			c.sem <- struct{}{}
+		}
+		req.quick = isQuick(req)
+		if req.quick {
+			c.unreplied.Add(1)
 		}
 		c.wg.Add(1)
 		if len(c.sem) == w && c.br.Buffered() == 0 {
@@ -261,15 +306,15 @@ func (c *conn) handle(req request, buf *[]byte, weight int) {
 		c.replyError(req, errnoFor(err), "%v", err)
 		return
 	}
-	c.replySimple(req.handle, 0, nil)
+	c.replySimple(req, 0, nil)
 }
 
 func (c *conn) read(req request) {
 	if req.length == 0 {
 		if c.sess.structured {
-			c.replyNone(req.handle)
+			c.replyNone(req)
 		} else {
-			c.replySimple(req.handle, 0, nil)
+			c.replySimple(req, 0, nil)
 		}
 		return
 	}
@@ -282,9 +327,9 @@ func (c *conn) read(req request) {
 		return
 	}
 	if c.sess.structured {
-		c.replyData(req.handle, req.offset, p)
+		c.replyData(req, p)
 	} else {
-		c.replySimple(req.handle, 0, p)
+		c.replySimple(req, 0, p)
 	}
 }
 
@@ -336,81 +381,136 @@ func (c *conn) blockStatus(req request) {
 		// No backend information: everything is data.
 		add(uint64(req.length), 0)
 	}
-	c.replyBlockStatus(req.handle, descs)
+	c.replyBlockStatus(req, descs)
 }
 
-// lockWriter/unlockWriter bracket writing one reply. lockWriter returns
-// false, without the lock, when the reply stream has already failed.
-// unlockWriter flushes unless another reply is already queued behind.
-func (c *conn) lockWriter() bool {
+// lockWriter/unlockWriter bracket writing a request's reply. lockWriter
+// returns false, without the lock, when the reply stream has already
+// failed. unlockWriter flushes unless the reply can wait for others (see
+// unreplied).
+func (c *conn) lockWriter(req request) bool {
 	c.waiting.Add(1)
 	c.wmu.Lock()
 	c.waiting.Add(-1)
 	if c.werr != nil {
+		if req.quick {
+			c.unreplied.Add(-1)
+		}
 		c.wmu.Unlock()
 		return false
 	}
 	return true
 }
 
-func (c *conn) unlockWriter(err error) {
-	if err == nil && c.waiting.Load() == 0 {
-		err = c.bw.Flush()
+func (c *conn) unlockWriter(req request, err error) {
+	var left int32
+	if req.quick {
+		left = c.unreplied.Add(-1)
 	}
-	if err != nil && c.werr == nil {
-		c.werr = err
-		// The reply stream is now unrecoverable; closing wakes the
-		// reader so the connection winds down.
-		c.nc.Close()
+	if err == nil {
+		c.unflushed++
+		// Only a quick request's reply waits, and only for quick ones:
+		// a large read or write, a FUA write or a FLUSH gains nothing
+		// from sharing a write to the socket and would wait longer.
+		if req.quick && (left > 0 || c.waiting.Load() > 0) && c.unflushed < maxHeldReplies {
+			c.holdLocked()
+		} else {
+			err = c.flushLocked()
+		}
+	}
+	c.failLocked(err)
+	c.wmu.Unlock()
+}
+
+// holdLocked arms the timer that bounds how long held replies wait.
+func (c *conn) holdLocked() {
+	if c.holding {
+		return
+	}
+	c.holding = true
+	if c.holdTimer == nil {
+		c.holdTimer = time.AfterFunc(replyHold, c.flushHeld)
+		return
+	}
+	c.holdTimer.Reset(replyHold)
+}
+
+// flushHeld runs when replies were held for replyHold: the requests they
+// waited for are slow.
+func (c *conn) flushHeld() {
+	c.wmu.Lock()
+	c.holding = false
+	if c.werr == nil && c.unflushed > 0 {
+		c.failLocked(c.flushLocked())
 	}
 	c.wmu.Unlock()
 }
 
-func (c *conn) replySimple(handle uint64, errno uint32, data []byte) {
-	if !c.lockWriter() {
+// flushLocked sends what the buffer holds. Caller holds wmu.
+func (c *conn) flushLocked() error {
+	c.unflushed = 0
+	if c.holding {
+		c.holdTimer.Stop()
+		c.holding = false
+	}
+	return c.bw.Flush()
+}
+
+// failLocked records the first write error. The reply stream is then
+// unrecoverable; closing wakes the reader so the connection winds down.
+// Caller holds wmu.
+func (c *conn) failLocked(err error) {
+	if err != nil && c.werr == nil {
+		c.werr = err
+		c.nc.Close()
+	}
+}
+
+func (c *conn) replySimple(req request, errno uint32, data []byte) {
+	if !c.lockWriter(req) {
 		return
 	}
-	putSimpleReply(c.scratch[:simpleReplySize], errno, handle)
+	putSimpleReply(c.scratch[:simpleReplySize], errno, req.handle)
 	_, err := c.bw.Write(c.scratch[:simpleReplySize])
 	if err == nil && len(data) > 0 {
 		_, err = c.bw.Write(data)
 	}
-	c.unlockWriter(err)
+	c.unlockWriter(req, err)
 }
 
-func (c *conn) replyData(handle, off uint64, data []byte) {
-	if !c.lockWriter() {
+func (c *conn) replyData(req request, data []byte) {
+	if !c.lockWriter(req) {
 		return
 	}
-	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeOffsetData, handle, uint32(8+len(data)))
-	binary.BigEndian.PutUint64(c.scratch[structuredReplySize:], off)
+	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeOffsetData, req.handle, uint32(8+len(data)))
+	binary.BigEndian.PutUint64(c.scratch[structuredReplySize:], req.offset)
 	_, err := c.bw.Write(c.scratch[:structuredReplySize+8])
 	if err == nil {
 		_, err = c.bw.Write(data)
 	}
-	c.unlockWriter(err)
+	c.unlockWriter(req, err)
 }
 
-func (c *conn) replyNone(handle uint64) {
-	if !c.lockWriter() {
+func (c *conn) replyNone(req request) {
+	if !c.lockWriter(req) {
 		return
 	}
-	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeNone, handle, 0)
+	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeNone, req.handle, 0)
 	_, err := c.bw.Write(c.scratch[:structuredReplySize])
-	c.unlockWriter(err)
+	c.unlockWriter(req, err)
 }
 
-func (c *conn) replyBlockStatus(handle uint64, descs []byte) {
-	if !c.lockWriter() {
+func (c *conn) replyBlockStatus(req request, descs []byte) {
+	if !c.lockWriter(req) {
 		return
 	}
-	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeBlockStatus, handle, uint32(4+len(descs)))
+	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeBlockStatus, req.handle, uint32(4+len(descs)))
 	binary.BigEndian.PutUint32(c.scratch[structuredReplySize:], metaContextBaseAllocation)
 	_, err := c.bw.Write(c.scratch[:structuredReplySize+4])
 	if err == nil {
 		_, err = c.bw.Write(descs)
 	}
-	c.unlockWriter(err)
+	c.unlockWriter(req, err)
 }
 
 // replyError answers req with an error: a structured error chunk carrying
@@ -418,14 +518,14 @@ func (c *conn) replyBlockStatus(handle uint64, descs []byte) {
 // answered that way then), else a simple reply with just the errno.
 func (c *conn) replyError(req request, errno uint32, format string, args ...any) {
 	if !c.sess.structured {
-		c.replySimple(req.handle, errno, nil)
+		c.replySimple(req, errno, nil)
 		return
 	}
 	msg := fmt.Sprintf(format, args...)
 	if len(msg) > maxString {
 		msg = msg[:maxString]
 	}
-	if !c.lockWriter() {
+	if !c.lockWriter(req) {
 		return
 	}
 	putStructuredHeader(c.scratch[:], replyFlagDone, replyTypeError, req.handle, uint32(6+len(msg)))
@@ -435,5 +535,5 @@ func (c *conn) replyError(req request, errno uint32, format string, args ...any)
 	if err == nil {
 		_, err = c.bw.WriteString(msg)
 	}
-	c.unlockWriter(err)
+	c.unlockWriter(req, err)
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -595,5 +596,49 @@ func TestBufferKeeperOwnsPayloads(t *testing.T) {
 		if !bytes.Equal((*b)[:k.n[i]], want[i]) {
 			t.Fatalf("kept buffer %d changed after the server handed it over", i)
 		}
+	}
+}
+
+// A quick request's reply may wait in the buffer for the replies of other
+// quick requests in flight, but not for long: here the other one is stuck
+// in the backend, and the reply must still come (replyHold), not when the
+// stuck one finishes.
+func TestStuckRequestDoesNotHoldOtherReplies(t *testing.T) {
+	mem := newMemBackend(1 << 20)
+	release := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	var first atomic.Bool
+	mem.delay = func() {
+		if first.CompareAndSwap(false, true) {
+			entered <- struct{}{}
+			<-release
+		}
+	}
+	ts := startServer(t, &Export{Name: "d", Backend: mem})
+	c := dialT(t, "unix", ts.sock, "d", dialOptions{})
+	stuck := make(chan error, 1)
+	go func() { stuck <- c.WriteAt(bytes.Repeat([]byte{1}, 512), 0, false) }()
+	<-entered
+	defer close(release)
+	for i := range 20 {
+		done := make(chan error, 1)
+		start := time.Now()
+		go func() { done <- c.WriteAt(bytes.Repeat([]byte{2}, 4096), int64(i+1)*4096, false) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("write %d not answered while another request is stuck in the backend", i)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Fatalf("write %d answered after %v", i, d)
+		}
+	}
+	select {
+	case err := <-stuck:
+		t.Fatalf("the stuck write returned early: %v", err)
+	default:
 	}
 }
