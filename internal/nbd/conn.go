@@ -39,11 +39,12 @@ type conn struct {
 	// unreplied counts quick requests (isQuick) read and not yet answered
 	// (every request but DISC gets exactly one reply). A quick request's
 	// reply is held in the buffer while other quick ones are still being
-	// handled: the last of them flushes it with its own, so one write to the socket carries a burst of replies
-	// at high queue depth. Each write wakes the client, and on the
-	// development VM (a PVM guest, where a context switch is a hypervisor
-	// call) a flush per reply cost a third of the 4 KiB qd32 write rate.
-	// A lone reply still goes out at once.
+	// handled: the last of them flushes it with its own, so one write to
+	// the socket carries a burst of replies at high queue depth. Each
+	// write wakes the client, and on the development VM (a PVM guest,
+	// where a context switch is a hypervisor call) a flush per reply cost
+	// a third of the 4 KiB qd32 write rate. A lone reply still goes out
+	// at once.
 	unreplied atomic.Int32
 	// waiting counts repliers queued on wmu.
 	waiting atomic.Int32
