@@ -62,7 +62,10 @@ type conn struct {
 
 // isQuick reports whether req is expected to be answered within
 // microseconds: a small read, write, trim or zeroing without FUA, or a
-// block-status query.
+// block-status query. The read loop counts such requests in unreplied and
+// their replies count them out: both sides ask isQuick of the same
+// request. (A write refused for its size is never counted, and is never
+// quick.)
 func isQuick(req request) bool {
 	switch req.typ {
 	case cmdRead, cmdWrite, cmdTrim, cmdWriteZeroes:
@@ -115,10 +118,7 @@ func (c *conn) transmit(ctx context.Context) error {
 	if c.werr == nil {
 		c.werr = c.flushLocked()
 	}
-	if c.holding {
-		c.holdTimer.Stop()
-		c.holding = false
-	}
+	c.stopHoldLocked()
 	werr := c.werr
 	c.wmu.Unlock()
 	switch {
@@ -172,8 +172,7 @@ func (c *conn) readLoop() error {
 		for range w {
 			c.sem <- struct{}{}
 		}
-		req.quick = isQuick(req)
-		if req.quick {
+		if isQuick(req) {
 			c.unreplied.Add(1)
 		}
 		c.wg.Add(1)
@@ -394,7 +393,7 @@ func (c *conn) lockWriter(req request) bool {
 	c.wmu.Lock()
 	c.waiting.Add(-1)
 	if c.werr != nil {
-		if req.quick {
+		if isQuick(req) {
 			c.unreplied.Add(-1)
 		}
 		c.wmu.Unlock()
@@ -404,8 +403,9 @@ func (c *conn) lockWriter(req request) bool {
 }
 
 func (c *conn) unlockWriter(req request, err error) {
+	quick := isQuick(req)
 	var left int32
-	if req.quick {
+	if quick {
 		left = c.unreplied.Add(-1)
 	}
 	if err == nil {
@@ -413,7 +413,7 @@ func (c *conn) unlockWriter(req request, err error) {
 		// Only a quick request's reply waits, and only for quick ones:
 		// a large read or write, a FUA write or a FLUSH gains nothing
 		// from sharing a write to the socket and would wait longer.
-		if req.quick && (left > 0 || c.waiting.Load() > 0) && c.unflushed < maxHeldReplies {
+		if quick && (left > 0 || c.waiting.Load() > 0) && c.unflushed < maxHeldReplies {
 			c.holdLocked()
 		} else {
 			err = c.flushLocked()
@@ -450,11 +450,16 @@ func (c *conn) flushHeld() {
 // flushLocked sends what the buffer holds. Caller holds wmu.
 func (c *conn) flushLocked() error {
 	c.unflushed = 0
+	c.stopHoldLocked()
+	return c.bw.Flush()
+}
+
+// stopHoldLocked disarms the hold timer. Caller holds wmu.
+func (c *conn) stopHoldLocked() {
 	if c.holding {
 		c.holdTimer.Stop()
 		c.holding = false
 	}
-	return c.bw.Flush()
 }
 
 // failLocked records the first write error. The reply stream is then

@@ -170,10 +170,6 @@ type request struct {
 	handle uint64
 	offset uint64
 	length uint32
-
-	// quick marks a request expected to be answered within microseconds
-	// (see conn.unreplied); set by the read loop.
-	quick bool
 }
 
 // parseRequestHeader decodes a 28-byte request header. It only checks what
