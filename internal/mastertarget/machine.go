@@ -59,7 +59,7 @@ type machine struct {
 	cp         checkpoint // as last persisted
 	live       checkpoint // as applied in memory
 	lastSeq    uint64     // newest seq in intake
-	epochLimit uint64     // newest epoch marker in intake: apply stops there
+	epochLimit uint64     // newest record received that apply may go up to (endsWait): it stops there
 	durable    uint64     // everything <= durable survives a crash (acknowledged upstream)
 	intakeLast uint64     // newest seq appended to the intake
 	intakeSync uint64     // intake entries <= intakeSync are fsynced
@@ -210,6 +210,17 @@ func cloneCP(c checkpoint) checkpoint {
 
 func (m *machine) replicaPath(disk string) string { return filepath.Join(m.dir, disk+".img") }
 
+// endsWait reports whether apply may go up to a record of this op once it
+// has arrived, without seeing it first in its read-ahead: an epoch marker
+// closes the epoch before it, and a sync-start ends the disk's consistent
+// point, so the records before it will never be closed by a marker (a
+// queue overflow drops the agent's queued markers with its writes). That
+// must be known from arrival, not from apply's read-ahead, which is
+// bounded (64 MiB): an unclosed epoch larger than that left apply waiting
+// for a marker that could not come, since the relayed copies behind the
+// sync-start hold the process server's cache until they are applied.
+func endsWait(op wire.Op) bool { return op.ClosesEpoch() || op == wire.OpSyncStart }
+
 func (m *machine) scanEpochs() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -226,7 +237,7 @@ func (m *machine) scanEpochs() error {
 			return fmt.Errorf("machine %s: intake entry %d..%d: %w", m.name, e.First, e.Last, err)
 		}
 		for _, rec := range b.Records {
-			if rec.Op.ClosesEpoch() {
+			if endsWait(rec.Op) {
 				m.epochLimit = rec.Seq
 			}
 		}
@@ -443,7 +454,7 @@ func (m *machine) runSession(ctx context.Context, c *transport.Conn, peer string
 			data = buf
 		}
 		for i := len(b.Records) - 1; i >= 0; i-- {
-			if b.Records[i].Op.ClosesEpoch() {
+			if endsWait(b.Records[i].Op) {
 				epoch = b.Records[i].Seq
 				break
 			}
