@@ -9,10 +9,28 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
+	"time"
 
 	"standby/internal/blockdev"
 )
+
+// testSeed is the seed of a randomised test: STANDBY_TEST_SEED replays a
+// failure, otherwise the clock picks one; the test logs it either way.
+func testSeed(t *testing.T) uint64 {
+	t.Helper()
+	seed := uint64(time.Now().UnixNano())
+	if s := os.Getenv("STANDBY_TEST_SEED"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("STANDBY_TEST_SEED=%q: %v", s, err)
+		}
+		seed = v
+	}
+	t.Logf("seed %d (STANDBY_TEST_SEED replays it)", seed)
+	return seed
+}
 
 // op is one data record of the model stream.
 type op struct {
@@ -58,6 +76,18 @@ func genOps(seed uint64, sizes []int64, count int, first uint64) []op {
 		seq += 1 + uint64(rng.IntN(3))
 	}
 	return ops
+}
+
+// lastDataSeq is the seq of the last record of ops that carries data: its
+// Preserve always stores a before-image, where a zeroing record over blocks
+// already zero stores none and leaves LastSeq where it was.
+func lastDataSeq(ops []op) uint64 {
+	for i := len(ops) - 1; i >= 0; i-- {
+		if ops[i].data != nil {
+			return ops[i].seq
+		}
+	}
+	return 0
 }
 
 // fillPattern writes bytes that identify the record and the position in
