@@ -60,13 +60,17 @@ func (d *disk) kick() {
 // beginResyncLocked marks the replica inconsistent from the next sequence
 // number on. Caller holds q.mu.
 func (d *disk) beginResyncLocked(q *queue) {
+	var dirty int64
+	if d.tracker != nil { // a scan-mode disk has none: its pass is repeated
+		dirty = d.tracker.DirtyBytes()
+	}
 	if !d.resyncing {
 		d.resyncing = true
 		d.syncStart = time.Now()
-		d.a.log.Info("replica of disk is inconsistent until resynced", "disk", d.cfg.Name, "dirty_bytes", d.tracker.DirtyBytes())
+		d.a.log.Info("replica of disk is inconsistent until resynced", "disk", d.cfg.Name, "dirty_bytes", dirty)
 		q.pushMarkerLocked(d, wire.Record{Op: wire.OpSyncStart, Disk: d.index})
 	}
-	d.syncTotal.Store(d.tracker.DirtyBytes())
+	d.syncTotal.Store(dirty)
 }
 
 // regionLocks serialise overlapping writes with the assignment of their

@@ -305,6 +305,16 @@ func (q *queue) overflowLocked() {
 			r.disk.tracker.MarkDirty(int64(r.Offset), int64(r.Length))
 			r.disk.tracker.EndWrite(int64(r.Offset), int64(r.Length))
 			disks[r.disk] = true
+		case wire.OpSyncStart, wire.OpSyncDone:
+			// The master target may never have seen this marker: a
+			// dropped sync-start (an earlier overflow's, still unsent)
+			// would leave it applying epochs over the resync's holes as
+			// if the replica were consistent, and a dropped sync-done
+			// would leave the disk inconsistent there for good. Either
+			// way the disk starts its resync again with a new sync-start,
+			// and its resync loop sends sync-done when nothing is dirty.
+			r.disk.resyncing = false
+			disks[r.disk] = true
 		}
 	}
 	// Emptied first: every record was released above, so requeueing must

@@ -3,6 +3,7 @@ package agent
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
@@ -17,17 +18,28 @@ import (
 // the queue and the NBD backend of the disk are driven directly.
 func newTestAgent(t *testing.T, queueBytes int64) (*Agent, *disk) {
 	t.Helper()
+	a := newTestAgentDisks(t, queueBytes, 1)
+	return a, a.disks[0]
+}
+
+// newTestAgentDisks is newTestAgent with n disks.
+func newTestAgentDisks(t *testing.T, queueBytes int64, n int) *Agent {
+	t.Helper()
 	dir := t.TempDir()
-	img := filepath.Join(dir, "disk.img")
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Truncate(img, 16<<20); err != nil {
-		t.Fatal(err)
+	var disks []DiskConfig
+	for i := range n {
+		img := filepath.Join(dir, fmt.Sprintf("disk%d.img", i))
+		if err := os.WriteFile(img, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(img, 16<<20); err != nil {
+			t.Fatal(err)
+		}
+		disks = append(disks, DiskConfig{Name: fmt.Sprintf("disk%d", i), Path: img})
 	}
 	a, err := New(Config{
 		Machine: "m", StateDir: filepath.Join(dir, "state"), ProcessServer: "unused:1",
-		Disks:      []DiskConfig{{Name: "disk0", Path: img}},
+		Disks:      disks,
 		QueueBytes: queueBytes, QueueHold: -1, SendLinger: -1,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -35,7 +47,7 @@ func newTestAgent(t *testing.T, queueBytes int64) (*Agent, *disk) {
 		t.Fatal(err)
 	}
 	t.Cleanup(a.closeDisks)
-	return a, a.disks[0]
+	return a
 }
 
 // capturedOnly drops the markers and copies a fresh agent queues for its
@@ -352,5 +364,100 @@ func TestPartialAckDoesNotResend(t *testing.T) {
 	}
 	if len(b3.Records) != 1 || b3.First != b.Last+1 {
 		t.Fatalf("next batch %d..%d (%d records), want only seq %d", b3.First, b3.Last, len(b3.Records), b.Last+1)
+	}
+}
+
+// overflow writes 32 distinct 64 KiB blocks from off: more than a 1 MiB
+// queue holds.
+func overflow(t *testing.T, a *Agent, d *disk, off int64) {
+	t.Helper()
+	before := a.q.stats().Overflows
+	for i := range 32 {
+		if err := d.WriteAt(context.Background(), bytes.Repeat([]byte{0xAA}, 64<<10), off+int64(i)<<16, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.q.stats().Overflows == before {
+		t.Fatal("the writes did not overflow the queue")
+	}
+}
+
+// queuedSyncStarts counts the sync-starts of disk d waiting to be sent.
+func queuedSyncStarts(t *testing.T, a *Agent, d *disk) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	defer context.AfterFunc(ctx, a.q.wake)() // the sender is woken so, too
+	b, err := a.q.nextBatch(ctx, 64<<20)
+	if err != nil {
+		return 0 // nothing queued
+	}
+	a.q.encoded()
+	n := 0
+	for _, r := range b.Records {
+		if r.Op == wire.OpSyncStart && r.Disk == d.index {
+			n++
+		}
+	}
+	return n
+}
+
+// finishResync does what the resync loop does once nothing is dirty.
+func finishResync(a *Agent, d *disk) {
+	a.q.mu.Lock()
+	d.resyncing = false
+	a.q.pushMarkerLocked(d, wire.Record{Op: wire.OpSyncDone, Disk: d.index})
+	a.q.mu.Unlock()
+}
+
+// A second overflow that drops the first one's sync-start before it was
+// sent must queue a new one: the master target would otherwise apply
+// epochs over the resync's holes as if the replica were consistent.
+func TestSecondOverflowKeepsTheSyncStart(t *testing.T) {
+	a, d := newTestAgent(t, 1<<20)
+	b, err := a.q.nextBatch(context.Background(), 64<<20) // the initial sync's markers
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	finishResync(a, d)
+	a.q.ack(wire.Ack{Cached: a.q.stats().LastSeq, Durable: b.Last})
+	overflow(t, a, d, 0)
+	// The process server acknowledges what it had; the queue is nearly
+	// empty (the unsent sync-start), so captured writes are queued again.
+	a.q.ack(wire.Ack{Cached: b.Last})
+	if a.q.stats().BitmapMode {
+		t.Fatal("still in bitmap mode with an empty queue")
+	}
+	overflow(t, a, d, 4<<20)
+	if n := queuedSyncStarts(t, a, d); n != 1 {
+		t.Fatalf("%d sync-starts queued after the second overflow, want 1", n)
+	}
+}
+
+// An overflow that drops a queued sync-done of a disk whose writes it did
+// not drop must start that disk's resync again (and so send sync-done
+// again): its replica would stay inconsistent at the master target for
+// good.
+func TestOverflowKeepsAnotherDisksSyncDone(t *testing.T) {
+	a := newTestAgentDisks(t, 1<<20, 2)
+	d0, d1 := a.disks[0], a.disks[1]
+	b, err := a.q.nextBatch(context.Background(), 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	a.q.ack(wire.Ack{Cached: b.Last, Durable: b.Last})
+	finishResync(a, d0)
+	finishResync(a, d1) // queued, not sent
+	overflow(t, a, d0, 0)
+	a.q.mu.Lock()
+	resyncing := d1.resyncing
+	a.q.mu.Unlock()
+	if !resyncing {
+		t.Fatal("disk1 is not resyncing after its sync-done was dropped")
+	}
+	if n := queuedSyncStarts(t, a, d1); n != 1 {
+		t.Fatalf("%d sync-starts of disk1 queued after the overflow, want 1", n)
 	}
 }
