@@ -84,6 +84,9 @@ type queue struct {
 	durable uint64 // master target has everything <= durable
 	lastSeq uint64 // newest seq handed out
 	epochAt uint64 // seq of the newest epoch marker
+	// epochBytes is the captured data queued since the newest epoch
+	// marker (wire.MaxEpochBytes bounds it).
+	epochBytes int64
 
 	bitmapMode bool   // overflowed: captured writes only mark dirty until drained
 	overflows  uint64 // times the queue overflowed
@@ -183,6 +186,12 @@ func (q *queue) pushCaptured(d *disk, r wire.Record, buf *[]byte) bool {
 	r.Seq = q.nextSeqLocked()
 	q.recs = append(q.recs, qrec{Record: r, disk: d, buf: buf})
 	q.bytes += int64(len(r.Data)) + 64
+	q.epochBytes += int64(len(r.Data)) + 64
+	if q.epochBytes >= wire.MaxEpochBytes {
+		// Any prefix of the write sequence is crash-consistent, so a
+		// marker here is as good as the timer's.
+		q.pushMarkerLocked(nil, wire.Record{Op: wire.OpEpoch, Flags: wire.EpochSize, Offset: uint64(time.Now().UnixNano())})
+	}
 	q.cond.Broadcast()
 	return true
 }
@@ -269,6 +278,9 @@ func (q *queue) pushMarkerLocked(d *disk, r wire.Record) uint64 {
 	if r.Op == wire.OpEpoch {
 		q.epochAt = r.Seq
 	}
+	if r.Op.ClosesEpoch() {
+		q.epochBytes = 0
+	}
 	q.recs = append(q.recs, qrec{Record: r, disk: d})
 	q.bytes += int64(len(r.Data)) + 64
 	q.cond.Broadcast()
@@ -319,7 +331,7 @@ func (q *queue) overflowLocked() {
 	}
 	// Emptied first: every record was released above, so requeueing must
 	// not find the copies among them again.
-	q.recs, q.head, q.sent, q.bytes, q.copies = nil, 0, 0, 0, 0
+	q.recs, q.head, q.sent, q.bytes, q.copies, q.epochBytes = nil, 0, 0, 0, 0, 0
 	q.requeueCopiesLocked()
 	q.bitmapMode = true
 	for d := range disks {

@@ -461,3 +461,51 @@ func TestOverflowKeepsAnotherDisksSyncDone(t *testing.T) {
 		t.Fatalf("%d sync-starts of disk1 queued after the overflow, want 1", n)
 	}
 }
+
+// Writes without a flush get an epoch marker at least every
+// wire.MaxEpochBytes, not only every EpochInterval: the master target holds
+// a whole epoch while it waits for its marker.
+func TestEpochsAreBoundedInSize(t *testing.T) {
+	a, d := newTestAgent(t, 256<<20)
+	ctx := context.Background()
+	b, err := a.q.nextBatch(ctx, 64<<20) // the initial sync's markers
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	a.q.ack(wire.Ack{Cached: b.Last})
+	p := bytes.Repeat([]byte{7}, 64<<10)
+	for i := range 640 { // 40 MiB
+		if err := d.WriteAt(ctx, p, int64(i%256)<<16, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var since int64
+	markers := 0
+	for a.q.stats().Records > 0 {
+		b, err := a.q.nextBatch(ctx, 64<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.q.encoded()
+		for _, r := range b.Records {
+			switch {
+			case r.Op == wire.OpEpoch:
+				if r.Flags&wire.EpochSize == 0 {
+					t.Fatalf("epoch marker flags %#x, want EpochSize", r.Flags)
+				}
+				markers++
+				since = 0
+			case r.Op == wire.OpWrite:
+				since += int64(len(r.Data))
+				if since > wire.MaxEpochBytes {
+					t.Fatalf("%d bytes of writes without an epoch marker", since)
+				}
+			}
+		}
+		a.q.ack(wire.Ack{Cached: b.Last})
+	}
+	if markers < 2 {
+		t.Fatalf("%d epoch markers in 40 MiB of writes, want at least 2", markers)
+	}
+}

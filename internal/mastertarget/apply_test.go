@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -182,5 +183,15 @@ func TestUnclosedEpochLargerThanReadAheadThenResync(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("replica differs from what was sent")
+	}
+}
+
+// An intake smaller than a few epochs could deadlock: apply holds an epoch
+// while it waits for the marker, and the marker waits for room in the
+// intake that only applying the epoch frees. Such a size is refused.
+func TestIntakeTooSmallForAnEpochIsRefused(t *testing.T) {
+	_, err := mastertarget.New(mastertarget.Config{Listen: "127.0.0.1:0", DataDir: t.TempDir(), IntakeBytes: 16 << 20})
+	if err == nil || !strings.Contains(err.Error(), "intake_bytes") || !strings.Contains(err.Error(), "minimum") {
+		t.Fatalf("a 16 MiB intake: got %v, want it refused", err)
 	}
 }

@@ -33,7 +33,8 @@ type Config struct {
 	// position checkpointed; copies become durable (and the agent may
 	// forget them) only at a checkpoint.
 	SyncInterval time.Duration `yaml:"sync_interval"`
-	// IntakeBytes bounds each machine's intake log.
+	// IntakeBytes bounds each machine's intake log (default 8 GiB, at
+	// least minIntakeBytes).
 	IntakeBytes int64 `yaml:"intake_bytes"`
 	// RelayBytes is the memory per machine for copy batches (initial copy,
 	// resync, scan) waiting to be applied without passing through the
@@ -78,6 +79,10 @@ type Server struct {
 	runCtx   context.Context
 }
 
+// minIntakeBytes is the smallest intake a machine may have (8 epochs of
+// the largest size).
+const minIntakeBytes = 8 * wire.MaxEpochBytes
+
 // New checks the configuration and opens existing replicas.
 func New(cfg Config) (*Server, error) {
 	if cfg.Listen == "" || cfg.DataDir == "" {
@@ -88,6 +93,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.IntakeBytes == 0 {
 		cfg.IntakeBytes = 8 << 30
+	}
+	if cfg.IntakeBytes < minIntakeBytes {
+		return nil, fmt.Errorf("master target: intake_bytes %d is below the %d-byte minimum: the intake must hold a whole epoch (up to %d bytes) while apply waits for its marker, besides what is applied but not yet checkpointed", cfg.IntakeBytes, minIntakeBytes, wire.MaxEpochBytes)
 	}
 	if cfg.RelayBytes == 0 {
 		cfg.RelayBytes = 32 << 20

@@ -384,7 +384,13 @@ func (m *machine) forward(ctx context.Context) error {
 			m.mu.Lock()
 			m.codec = codec
 			m.rawOut, m.wireOut = raw, onWire
-			if !e.FromLog {
+			// The master target keeps copies in memory until applied,
+			// whichever way they came here: copies forwarded from the
+			// cache (the master target was away when they arrived) are
+			// as lost as relayed ones if its session ends before they are
+			// durable, and a master target restarted on its intake
+			// reports durable past them.
+			if op, ok := wire.FirstOp(e.Data); !e.FromLog || (ok && !op.Captured()) {
 				m.relaySent = max(m.relaySent, e.Last)
 			}
 			m.mu.Unlock()

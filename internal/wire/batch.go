@@ -79,7 +79,16 @@ const (
 	EpochFlush = 1 << 0 // closed by FLUSH or FUA from the workload
 	EpochTimer = 1 << 1 // closed by the agent's timer
 	EpochScan  = 1 << 2 // end of a scan pass (consistent only if the source was frozen)
+	EpochSize  = 1 << 3 // closed by the agent because the epoch reached MaxEpochBytes
 )
+
+// MaxEpochBytes bounds the captured data of one epoch: the agent closes an
+// epoch when it reaches this size. The master target applies whole epochs
+// and holds one entirely (read-ahead, intake) while it waits for the
+// marker, so an unbounded epoch (a second of writes at disk speed, with no
+// flush) could outgrow its intake: the marker then waits for room that
+// only applying the epoch can free.
+const MaxEpochBytes = 16 << 20
 
 // Record is one change to one disk of a machine.
 type Record struct {
@@ -115,6 +124,17 @@ func (b *Batch) Captured() bool {
 		}
 	}
 	return false
+}
+
+// FirstOp is the op of an encoded batch's first record, read without
+// decoding the batch; false if buf holds no record. The agent never mixes
+// copies and captured records in one batch, so it tells a batch of copies
+// from the rest.
+func FirstOp(buf []byte) (Op, bool) {
+	if len(buf) < batchHeaderSize+recordHeaderSize || binary.LittleEndian.Uint32(buf[16:]) == 0 {
+		return 0, false
+	}
+	return Op(buf[batchHeaderSize+10]), true
 }
 
 // EncodedSize is the size AppendBatch will produce.

@@ -115,9 +115,13 @@ func FuzzDecodeBatch(f *testing.F) {
 	f.Add(AppendBatch(nil, &b))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
+		op, ok := FirstOp(data) // must not panic on anything
 		got, err := DecodeBatch(data)
 		if err != nil {
 			return
+		}
+		if ok != (len(got.Records) > 0) || (ok && op != got.Records[0].Op) {
+			t.Fatalf("FirstOp says %v %v, the decoded batch has %d records", op, ok, len(got.Records))
 		}
 		// Whatever decodes must re-encode to the same bytes: no field is
 		// silently dropped or invented.

@@ -1,0 +1,173 @@
+package processserver_test
+
+import (
+	"context"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"standby/internal/config"
+	"standby/internal/mastertarget"
+	"standby/internal/pki"
+	"standby/internal/processserver"
+	"standby/internal/transport"
+	"standby/internal/wire"
+)
+
+// A copy batch the process server cached (the master target was away when
+// it came) and forwarded later is kept in the master target's memory until
+// applied, like one the process server relayed: when that master-target
+// session ends before the copy is durable, the agent must be made to read
+// it again. It was not: only copies relayed by the process server counted,
+// and a master target restarted on its intake reports durable past copies
+// it lost, so the process server trimmed the copy and the agent completed
+// its range: a hole in a replica later called consistent (found by review).
+func TestCachedCopiesUnconfirmedEndTheAgentSession(t *testing.T) {
+	dir := t.TempDir()
+	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	files, err := pki.DevPKI(filepath.Join(dir, "pki"), []string{"127.0.0.1"},
+		pki.Identity{Role: pki.RoleAgent, Name: "m1"}, pki.Identity{Role: pki.RoleProcessServer, Name: "ps1"}, pki.Identity{Role: pki.RoleMasterTarget, Name: "mt1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tlsOf := func(r pki.Role, n string) config.TLS {
+		f := files[pki.Identity{Role: r, Name: n}]
+		return config.TLS{CA: f.CA, Cert: f.Cert, Key: f.Key}
+	}
+	mtAddr, psAddr := freeAddr(t), freeAddr(t)
+	psSrv, psCli, err := config.ProcessServerTLS(tlsOf(pki.RoleProcessServer, "ps1"), mtAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := processserver.New(processserver.Config{Name: "ps1", Listen: psAddr, CacheDir: filepath.Join(dir, "ps"), MasterTarget: mtAddr, ServerTLS: psSrv, ClientTLS: psCli, Logger: lg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, ps.Run)
+
+	// The agent's side, spoken directly: the master target is not up yet.
+	const size = 16 << 20
+	aTLS, err := config.AgentTLS(tlsOf(pki.RoleAgent, "m1"), psAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c *transport.Conn
+	for i := 0; ; i++ {
+		if c, err = transport.Dial(context.Background(), psAddr, aTLS); err == nil {
+			break
+		}
+		if i > 200 {
+			t.Fatal(err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	defer c.Close()
+	if err := c.WriteJSON(wire.TypeHello, wire.Hello{Role: "agent", Machine: "m1", Disks: []wire.DiskInfo{{Index: 0, Name: "disk0", Size: size}}}); err != nil {
+		t.Fatal(err)
+	}
+	var w wire.Welcome
+	if err := c.ReadJSON(wire.TypeWelcome, &w); err != nil {
+		t.Fatal(err)
+	}
+	seq := uint64(0)
+	send := func(recs ...wire.Record) {
+		t.Helper()
+		b := wire.Batch{First: seq + 1}
+		for _, r := range recs {
+			seq++
+			r.Seq = seq
+			b.Records = append(b.Records, r)
+		}
+		b.Last = seq
+		if err := c.WriteFrame(wire.TypeBatch, wire.AppendBatch(nil, &b), wire.CodecNone); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data := func(n int, v byte) []byte {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = v + byte(i)
+		}
+		return b
+	}
+	// Initial copy, consistent; then a write whose epoch stays open (so
+	// the master target's apply waits before the copy), the copy, a write.
+	send(wire.Record{Op: wire.OpSyncStart})
+	send(wire.Record{Op: wire.OpCopyZero, Length: size}, wire.Record{Op: wire.OpSyncDone})
+	send(wire.Record{Op: wire.OpEpoch, Offset: uint64(time.Now().UnixNano())})
+	send(wire.Record{Op: wire.OpWrite, Length: 64 << 10, Data: data(64<<10, 1)})
+	send(wire.Record{Op: wire.OpCopy, Offset: 4 << 20, Length: 1 << 20, Data: data(1<<20, 2)})
+	copySeq := seq
+	send(wire.Record{Op: wire.OpWrite, Offset: 8 << 20, Length: 64 << 10, Data: data(64<<10, 3)})
+
+	// Acks until the process server has everything cached.
+	acks := make(chan wire.Ack, 64)
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			typ, p, err := c.ReadFrame()
+			if err != nil {
+				ended <- err
+				return
+			}
+			if typ == wire.TypeAck {
+				if a, err := wire.DecodeAck(p); err == nil {
+					acks <- a
+				}
+			}
+		}
+	}()
+	timeout := time.After(10 * time.Second)
+	for cached := uint64(0); cached < seq; {
+		select {
+		case a := <-acks:
+			cached = a.Cached
+		case err := <-ended:
+			t.Fatalf("agent session ended before the master target came: %v", err)
+		case <-timeout:
+			t.Fatalf("process server cached %d of %d", cached, seq)
+		}
+	}
+
+	// Now the master target: it receives the cached batches, relays the
+	// copy in memory and cannot apply it (the epoch before it is open).
+	mtTLS, err := config.MasterTargetTLS(tlsOf(pki.RoleMasterTarget, "mt1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	mt, err := mastertarget.New(mastertarget.Config{Name: "mt1", Listen: mtAddr, DataDir: filepath.Join(dir, "mt"), ServerTLS: mtTLS, Logger: lg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mtRole := start(t, mt.Run)
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		st := mt.Status()
+		if len(st.Machines) == 1 && st.Machines[0].ReceivedSeq == seq {
+			if st.Machines[0].DurableSeq >= copySeq {
+				t.Fatalf("setup: the copy (seq %d) is durable already: %+v", copySeq, st.Machines[0])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("master target did not receive everything: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	mtRole.stop(t)
+
+	// The process server must end the agent's session so that it forgets
+	// the copy and reads its range again.
+	timeout = time.After(10 * time.Second)
+	for {
+		select {
+		case <-acks:
+		case <-ended:
+			return
+		case <-timeout:
+			t.Fatalf("the agent's session is still open 10 s after the master target went away with copy seq %d unconfirmed", copySeq)
+		}
+	}
+}
