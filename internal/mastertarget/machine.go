@@ -67,16 +67,19 @@ type machine struct {
 	// applyWaiting: apply waits for an epoch marker; relayed copies then
 	// go to the intake at once rather than wait for room.
 	applyWaiting bool
-	session      uint64
-	connected    bool
-	peer         string
-	applyErr     string
-	appliedAt    time.Time
-	bytesIn      uint64
-	bytesApply   uint64
-	started      bool
-	closed       bool
-	notify       chan struct{}
+	// relaySpill: a copy batch waited relayWait for room in vain; copies
+	// go to the intake until the relay is empty again (relayCopies).
+	relaySpill bool
+	session    uint64
+	connected  bool
+	peer       string
+	applyErr   string
+	appliedAt  time.Time
+	bytesIn    uint64
+	bytesApply uint64
+	started    bool
+	closed     bool
+	notify     chan struct{}
 
 	layout         []wire.DiskInfo // disk names and sizes: fixed once opened, read without the lock
 	journal        *journal.Journal
@@ -508,7 +511,10 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c
 	for {
 		ch := m.relay.Changed()
 		m.mu.Lock()
-		if m.applyWaiting && m.relay.Len() > 0 {
+		if m.relay.Len() == 0 {
+			m.relaySpill = false
+		}
+		if (m.applyWaiting || m.relaySpill) && m.relay.Len() > 0 {
 			m.mu.Unlock()
 			return false, nil
 		}
@@ -526,6 +532,14 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c
 		case <-ctx.Done():
 			return false, ctx.Err()
 		case <-deadline.C:
+			// Apply is behind the relay's oldest batch (working through
+			// logged records before it): until the relay empties, later
+			// copies go to the intake at once instead of each waiting
+			// relayWait, which held the whole session (captured writes
+			// too) to one batch per relayWait.
+			m.mu.Lock()
+			m.relaySpill = true
+			m.mu.Unlock()
 			return false, nil
 		case <-ch:
 		case <-time.After(50 * time.Millisecond): // recheck applyWaiting
