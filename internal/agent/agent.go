@@ -210,10 +210,14 @@ func (a *Agent) openDisk(idx uint16, dc DiskConfig) (*disk, error) {
 		}
 		if t.DirtyBytes() > 0 {
 			a.log.Info("disk needs sync", "disk", dc.Name, "fresh", ri.Fresh, "unclean", ri.Unclean, "dirty_bytes", t.DirtyBytes())
-			a.q.mu.Lock()
-			d.beginResyncLocked(a.q)
-			a.q.mu.Unlock()
 		}
+		// Every start opens with a resync, empty when nothing is dirty
+		// (sync-start, then sync-done at once): a sync-done queued but
+		// unsent when the last run ended is lost with its queue, and the
+		// master target would keep the disk inconsistent for good.
+		a.q.mu.Lock()
+		d.beginResyncLocked(a.q)
+		a.q.mu.Unlock()
 	case ModeScan:
 		s, err := capture.OpenScanner(filepath.Join(a.cfg.StateDir, dc.Name+".scan"), dev.Size(), capture.ScanOptions{Logger: a.log})
 		if err != nil {

@@ -179,6 +179,11 @@ func (q *queue) pushCaptured(d *disk, r wire.Record, buf *[]byte) bool {
 	if q.bitmapMode {
 		d.tracker.MarkDirty(int64(r.Offset), int64(r.Length))
 		d.tracker.EndWrite(int64(r.Offset), int64(r.Length))
+		// The sync-start goes before anything queued after this write (a
+		// FLUSH's epoch marker): left to the resync loop, it could come
+		// after a marker that the master target would take for a
+		// consistent point lacking this acknowledged write.
+		d.beginResyncLocked(q)
 		d.kick()
 		q.bufs.Put(buf)
 		return false
@@ -324,7 +329,8 @@ func (q *queue) overflowLocked() {
 			// if the replica were consistent, and a dropped sync-done
 			// would leave the disk inconsistent there for good. Either
 			// way the disk starts its resync again with a new sync-start,
-			// and its resync loop sends sync-done when nothing is dirty.
+			// and its resync loop sends sync-done when nothing is dirty (a
+			// scan-mode disk's pass, repeated since gen changes, does).
 			r.disk.resyncing = false
 			disks[r.disk] = true
 		}

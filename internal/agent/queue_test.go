@@ -509,3 +509,71 @@ func TestEpochsAreBoundedInSize(t *testing.T) {
 		t.Fatalf("%d epoch markers in 40 MiB of writes, want at least 2", markers)
 	}
 }
+
+// A write in bitmap mode to a disk that is not resyncing queues its
+// sync-start at once, before anything queued after the write (a FLUSH's
+// epoch marker), not whenever that disk's resync loop runs next.
+func TestBitmapWriteQueuesItsDisksSyncStart(t *testing.T) {
+	a := newTestAgentDisks(t, 1<<20, 2)
+	d0, d1 := a.disks[0], a.disks[1]
+	b, err := a.q.nextBatch(context.Background(), 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	finishResync(a, d0)
+	finishResync(a, d1)
+	a.q.ack(wire.Ack{Cached: a.q.stats().LastSeq, Durable: b.Last})
+	overflow(t, a, d0, 0) // bitmap mode now
+	if err := d1.WriteAt(context.Background(), bytes.Repeat([]byte{1}, 4096), 0, true); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	defer context.AfterFunc(ctx, a.q.wake)()
+	if b, err = a.q.nextBatch(ctx, 64<<20); err != nil {
+		t.Fatal(err)
+	}
+	started := false
+	for _, r := range b.Records {
+		switch {
+		case r.Op == wire.OpSyncStart && r.Disk == d1.index:
+			started = true
+		case r.Op == wire.OpEpoch && !started:
+			t.Fatalf("epoch marker (seq %d) before disk1's sync-start: the master target would make a consistent point without disk1's FUA write", r.Seq)
+		}
+	}
+	if !started {
+		t.Fatal("no sync-start for disk1 after its write in bitmap mode")
+	}
+}
+
+// An agent started on a clean tracker still opens with a sync-start (and
+// its resync loop then sends sync-done at once): a sync-done queued but
+// unsent when the last run ended was lost with its queue.
+func TestCleanStartResendsSyncDone(t *testing.T) {
+	a, d := newTestAgent(t, 1<<20)
+	for {
+		off, n, ok := d.tracker.TakeDirty(4 << 20)
+		if !ok {
+			break
+		}
+		d.tracker.Complete(off, n)
+	}
+	if err := d.tracker.Persist(); err != nil {
+		t.Fatal(err)
+	}
+	a.closeDisks()
+	a2, err := New(a.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a2.closeDisks()
+	d2 := a2.disks[0]
+	if got := d2.tracker.DirtyBytes(); got != 0 {
+		t.Fatalf("reopened tracker has %d dirty bytes, want 0", got)
+	}
+	if n := queuedSyncStarts(t, a2, d2); n != 1 {
+		t.Fatalf("%d sync-starts queued at a clean start, want 1", n)
+	}
+}

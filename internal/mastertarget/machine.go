@@ -500,7 +500,8 @@ const relayWait = 2 * time.Second
 
 // relayCopies queues a batch of copies for apply without writing it to the
 // intake log. It reports false (log it instead) for captured records, with
-// the relay off, or when the relay stays full.
+// the relay off, when the relay stays full for relayWait, and after that
+// (relaySpill) or while apply waits for a marker, until the relay empties.
 func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c *transport.Conn) (bool, error) {
 	if m.s.cfg.RelayBytes <= 0 || b.Captured() {
 		return false, nil
@@ -542,7 +543,7 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c
 			m.mu.Unlock()
 			return false, nil
 		case <-ch:
-		case <-time.After(50 * time.Millisecond): // recheck applyWaiting
+		case <-time.After(50 * time.Millisecond): // recheck applyWaiting and relaySpill
 		}
 	}
 }

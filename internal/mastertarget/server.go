@@ -34,7 +34,7 @@ type Config struct {
 	// forget them) only at a checkpoint.
 	SyncInterval time.Duration `yaml:"sync_interval"`
 	// IntakeBytes bounds each machine's intake log (default 8 GiB, at
-	// least minIntakeBytes).
+	// least minIntakeBytes; negative means unbounded).
 	IntakeBytes int64 `yaml:"intake_bytes"`
 	// RelayBytes is the memory per machine for copy batches (initial copy,
 	// resync, scan) waiting to be applied without passing through the
@@ -94,7 +94,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.IntakeBytes == 0 {
 		cfg.IntakeBytes = 8 << 30
 	}
-	if cfg.IntakeBytes < minIntakeBytes {
+	if cfg.IntakeBytes > 0 && cfg.IntakeBytes < minIntakeBytes { // negative: unbounded
 		return nil, fmt.Errorf("master target: intake_bytes %d is below the %d-byte minimum: the intake must hold a whole epoch (up to %d bytes) while apply waits for its marker, besides what is applied but not yet checkpointed", cfg.IntakeBytes, minIntakeBytes, wire.MaxEpochBytes)
 	}
 	if cfg.RelayBytes == 0 {
