@@ -402,6 +402,18 @@ func queuedSyncStarts(t *testing.T, a *Agent, d *disk) int {
 	return n
 }
 
+// takeInitialMarkers has the sender take the markers a fresh agent queues
+// for its initial sync (unacknowledged).
+func takeInitialMarkers(t *testing.T, a *Agent) wire.Batch {
+	t.Helper()
+	b, err := a.q.nextBatch(context.Background(), 64<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.q.encoded()
+	return b
+}
+
 // finishResync does what the resync loop does once nothing is dirty.
 func finishResync(a *Agent, d *disk) {
 	a.q.mu.Lock()
@@ -415,11 +427,7 @@ func finishResync(a *Agent, d *disk) {
 // epochs over the resync's holes as if the replica were consistent.
 func TestSecondOverflowKeepsTheSyncStart(t *testing.T) {
 	a, d := newTestAgent(t, 1<<20)
-	b, err := a.q.nextBatch(context.Background(), 64<<20) // the initial sync's markers
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.q.encoded()
+	b := takeInitialMarkers(t, a)
 	finishResync(a, d)
 	a.q.ack(wire.Ack{Cached: a.q.stats().LastSeq, Durable: b.Last})
 	overflow(t, a, d, 0)
@@ -442,11 +450,7 @@ func TestSecondOverflowKeepsTheSyncStart(t *testing.T) {
 func TestOverflowKeepsAnotherDisksSyncDone(t *testing.T) {
 	a := newTestAgentDisks(t, 1<<20, 2)
 	d0, d1 := a.disks[0], a.disks[1]
-	b, err := a.q.nextBatch(context.Background(), 64<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.q.encoded()
+	b := takeInitialMarkers(t, a)
 	a.q.ack(wire.Ack{Cached: b.Last, Durable: b.Last})
 	finishResync(a, d0)
 	finishResync(a, d1) // queued, not sent
@@ -516,11 +520,7 @@ func TestEpochsAreBoundedInSize(t *testing.T) {
 func TestBitmapWriteQueuesItsDisksSyncStart(t *testing.T) {
 	a := newTestAgentDisks(t, 1<<20, 2)
 	d0, d1 := a.disks[0], a.disks[1]
-	b, err := a.q.nextBatch(context.Background(), 64<<20)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.q.encoded()
+	b := takeInitialMarkers(t, a)
 	finishResync(a, d0)
 	finishResync(a, d1)
 	a.q.ack(wire.Ack{Cached: a.q.stats().LastSeq, Durable: b.Last})
@@ -531,7 +531,8 @@ func TestBitmapWriteQueuesItsDisksSyncStart(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	defer context.AfterFunc(ctx, a.q.wake)()
-	if b, err = a.q.nextBatch(ctx, 64<<20); err != nil {
+	b, err := a.q.nextBatch(ctx, 64<<20)
+	if err != nil {
 		t.Fatal(err)
 	}
 	started := false

@@ -27,15 +27,7 @@ import (
 func TestCachedCopiesUnconfirmedEndTheAgentSession(t *testing.T) {
 	dir := t.TempDir()
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	files, err := pki.DevPKI(filepath.Join(dir, "pki"), []string{"127.0.0.1"},
-		pki.Identity{Role: pki.RoleAgent, Name: "m1"}, pki.Identity{Role: pki.RoleProcessServer, Name: "ps1"}, pki.Identity{Role: pki.RoleMasterTarget, Name: "mt1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsOf := func(r pki.Role, n string) config.TLS {
-		f := files[pki.Identity{Role: r, Name: n}]
-		return config.TLS{CA: f.CA, Cert: f.Cert, Key: f.Key}
-	}
+	tlsOf := testPKI(t, dir, "m1")
 	mtAddr, psAddr := freeAddr(t), freeAddr(t)
 	psSrv, psCli, err := config.ProcessServerTLS(tlsOf(pki.RoleProcessServer, "ps1"), mtAddr)
 	if err != nil {

@@ -62,6 +62,21 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
+// testPKI makes certificates for an agent of machine, process server "ps1"
+// and master target "mt1", and returns where each identity's files are.
+func testPKI(t *testing.T, dir, machine string) func(pki.Role, string) config.TLS {
+	t.Helper()
+	files, err := pki.DevPKI(filepath.Join(dir, "pki"), []string{"127.0.0.1"},
+		pki.Identity{Role: pki.RoleAgent, Name: machine}, pki.Identity{Role: pki.RoleProcessServer, Name: "ps1"}, pki.Identity{Role: pki.RoleMasterTarget, Name: "mt1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func(r pki.Role, n string) config.TLS {
+		f := files[pki.Identity{Role: r, Name: n}]
+		return config.TLS{CA: f.CA, Cert: f.Cert, Key: f.Key}
+	}
+}
+
 // The process server and the master target are stopped and started again,
 // on the same directories and addresses, while a workload writes through
 // the agent; all three roles run in this process, so the race detector
@@ -69,15 +84,7 @@ func freeAddr(t *testing.T) string {
 func TestRestartsUnderWrites(t *testing.T) {
 	dir := t.TempDir()
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	files, err := pki.DevPKI(filepath.Join(dir, "pki"), []string{"127.0.0.1"},
-		pki.Identity{Role: pki.RoleAgent, Name: "web"}, pki.Identity{Role: pki.RoleProcessServer, Name: "ps1"}, pki.Identity{Role: pki.RoleMasterTarget, Name: "mt1"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsOf := func(r pki.Role, n string) config.TLS {
-		f := files[pki.Identity{Role: r, Name: n}]
-		return config.TLS{CA: f.CA, Cert: f.Cert, Key: f.Key}
-	}
+	tlsOf := testPKI(t, dir, "web")
 	mtAddr, psAddr := freeAddr(t), freeAddr(t)
 	mtStatus, agStatus := freeAddr(t), freeAddr(t)
 
