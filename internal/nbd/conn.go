@@ -35,6 +35,13 @@ type conn struct {
 	// alone counts consecutive requests that arrived with nothing else in
 	// flight and nothing more sent: read loop only.
 	alone int
+	// readerGen hands the read loop over when a request it handles itself
+	// stalls (handleInline): whoever moves it on from the value the read
+	// loop set owns the loop.
+	readerGen atomic.Uint64
+	// readDone carries the read loop's end to transmit once the loop has
+	// moved to another goroutine.
+	readDone chan error
 
 	// unreplied counts quick requests (isQuick) read and not yet answered
 	// (every request but DISC gets exactly one reply). A quick request's
@@ -107,11 +114,19 @@ func (c *conn) transmit(ctx context.Context) error {
 	defer cancel()
 	c.ctx = bctx
 
+	c.readDone = make(chan error, 1)
 	err := c.readLoop()
+	if errors.Is(err, errHandedOff) {
+		err = <-c.readDone
+	}
 	if err != nil && !errors.Is(err, errDisconnect) && ctx.Err() == nil {
 		// The client is gone or broke the protocol: nobody will read
-		// the replies, so let the backend give up early.
+		// the replies, so let the backend give up early, and let replies
+		// the client does not read fail soon instead of pinning the
+		// connection's goroutines and buffers (the spec allows a hard
+		// disconnect here).
 		cancel()
+		_ = c.nc.SetWriteDeadline(time.Now().Add(unreadReplyGrace))
 	}
 	c.wg.Wait()
 	c.wmu.Lock()
@@ -188,7 +203,9 @@ func (c *conn) readLoop() error {
 			// after a run of lone requests, so that a pipelining client
 			// that happens to drain now and then keeps its concurrency
 			// (handling those inline cost a fifth of the qd32 rate).
-			c.handle(req, buf, w)
+			if !c.handleInline(req, buf, w) {
+				return errHandedOff
+			}
 			continue
 		}
 		go c.handle(req, buf, w)
@@ -198,6 +215,47 @@ func (c *conn) readLoop() error {
 // aloneInline is how many lone requests in a row make the read loop handle
 // requests itself.
 const aloneInline = 8
+
+// inlineStall is how long a request handled by the read loop may take
+// before another goroutine takes the read loop over.
+const inlineStall = time.Millisecond
+
+// unreadReplyGrace bounds how long replies wait for a client that broke
+// the protocol or hung up.
+const unreadReplyGrace = time.Second
+
+// errHandedOff ends a read loop whose role another goroutine took over.
+var errHandedOff = errors.New("nbd: read loop handed over")
+
+// handleInline handles req on the read loop's goroutine. If it takes
+// longer than inlineStall (a FLUSH, a write waiting for room in the
+// agent's queue), a new goroutine takes the read loop over, so a stuck
+// request holds up no other request, and handleInline reports false: the
+// caller is then an ordinary handler and must leave the loop.
+func (c *conn) handleInline(req request, buf *[]byte, w int) bool {
+	// Add, not Load: the taker's CompareAndSwap then observes everything
+	// the read loop wrote before (its buffered reader, alone).
+	gen := c.readerGen.Add(1)
+	stall := time.AfterFunc(inlineStall, func() {
+		if c.readerGen.CompareAndSwap(gen, gen+1) {
+			go c.resumeReading()
+		}
+	})
+	c.handle(req, buf, w)
+	stall.Stop()
+	// Exactly one of this and the timer's swap succeeds.
+	return c.readerGen.CompareAndSwap(gen, gen+1)
+}
+
+// resumeReading runs the read loop on a new goroutine after a handover.
+func (c *conn) resumeReading() {
+	// The client sent something while a request was stalled: it is not at
+	// queue depth 1 now.
+	c.alone = 0
+	if err := c.readLoop(); !errors.Is(err, errHandedOff) {
+		c.readDone <- err
+	}
+}
 
 // weight is how many in-flight slots a request takes: one, plus one per MiB
 // of payload, so the slots bound buffered payload memory as well as request

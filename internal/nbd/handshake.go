@@ -272,6 +272,11 @@ func (n *negotiator) infoOrGo(code uint32, data []byte) (*session, error) {
 
 func (n *negotiator) metaContext(code uint32, data []byte) error {
 	list := code == optListMetaContext
+	if !list {
+		// SET replaces the previous selection, even with an empty one and
+		// "including when this command fails" (the spec).
+		n.metaFor = nil
+	}
 	if !n.structured {
 		return n.replyErr(code, repErrInvalid, "meta contexts need structured replies first")
 	}
@@ -282,10 +287,6 @@ func (n *negotiator) metaContext(code uint32, data []byte) error {
 	e := n.lookup(req.export)
 	if e == nil {
 		return n.replyErr(code, repErrUnknown, "no export named %q", req.export)
-	}
-	if !list {
-		// SET replaces the previous selection, even with an empty one.
-		n.metaFor = nil
 	}
 	for _, name := range metaContextsFor(req.queries, list) {
 		id := uint32(0)
