@@ -216,12 +216,17 @@ func (d *disk) flush() error {
 // travel as ranges, not data, so the replica is as sparse as the source.
 // Reads bypass the page cache (blockdev.ReadDirect) and the records keep
 // slices of the read buffer rather than copies of it.
-func (d *disk) readCopy(off, n int64) error {
+//
+// gen is the queue's generation from before the range was taken from the
+// tracker: if the copies are forgotten after that (requeueCopies), the
+// range is not registered as in flight (see copiesQueued).
+func (d *disk) readCopy(gen uint64, off, n int64) error {
 	unlock := d.locks.lock(off, n)
 	defer unlock()
+	var last uint64
 	err := d.dev.Extents(off, n, func(eo, en int64, data bool) error {
 		if !data {
-			d.a.q.pushCopy(d, wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(eo), Length: uint32(en)}, nil)
+			last = d.a.q.pushCopy(d, wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(eo), Length: uint32(en)}, nil)
 			return nil
 		}
 		// A recycled buffer: a fresh one costs a fault per page on its
@@ -253,7 +258,7 @@ func (d *disk) readCopy(off, n int64) error {
 				}
 				d.copiedData.Add(end - start)
 			}
-			d.a.q.pushCopy(d, r, shared)
+			last = d.a.q.pushCopy(d, r, shared)
 			start = end
 		}
 		return nil
@@ -261,6 +266,9 @@ func (d *disk) readCopy(off, n int64) error {
 	if err != nil {
 		d.a.q.requeueCopies()
 		return fmt.Errorf("reading %s at %d for resync: %w", d.cfg.Name, off, err)
+	}
+	if last != 0 {
+		d.a.q.copiesQueued(gen, d, off, n, last)
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"time"
 
@@ -256,11 +257,33 @@ func (q *queue) pushCopy(d *disk, r wire.Record, shared *sharedBuf) uint64 {
 	sz := int64(len(r.Data)) + 64
 	q.bytes += sz
 	q.copies += sz
-	if d.tracker != nil {
-		q.inflight = append(q.inflight, copyRef{seq: r.Seq, disk: d, off: int64(r.Offset), n: int64(r.Length)})
-	}
 	q.cond.Broadcast()
 	return r.Seq
+}
+
+// copiesQueued registers the range [off, off+n), taken from the tracker
+// and queued as copies numbered up to last, as in flight until the master
+// target has last durably: then the tracker completes it. One range for
+// the whole read, not one per record: a record covers part of a tracker
+// block where a read splits at holes and zero runs (4 KiB) inside a larger
+// block (8 KiB and up on disks over 512 GiB), and Complete clears only
+// whole blocks, so per-record ranges left such a block in flight for good
+// and the resync never ended (found by review). Nothing is registered if
+// the copies were forgotten meanwhile (gen moved on): the tracker's
+// Requeue has sent the range back to dirty.
+func (q *queue) copiesQueued(gen uint64, d *disk, off, n int64, last uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.gen != gen || d.tracker == nil {
+		return
+	}
+	// In seq order (ack walks the front): several readers finish out of
+	// order.
+	i := len(q.inflight)
+	for i > 0 && q.inflight[i-1].seq > last {
+		i--
+	}
+	q.inflight = slices.Insert(q.inflight, i, copyRef{seq: last, disk: d, off: off, n: n})
 }
 
 // requeueCopies sends every unconfirmed copy back to dirty.

@@ -292,7 +292,7 @@ func TestCopyBuffersSharedUntilLastAcknowledged(t *testing.T) {
 	}
 	a.q.encoded()
 	a.q.ack(wire.Ack{Cached: b.Last})
-	if err := d.readCopy(0, 1<<20); err != nil {
+	if err := d.readCopy(a.q.generation(), 0, 1<<20); err != nil {
 		t.Fatal(err)
 	}
 	b, err = a.q.nextBatch(ctx, 64<<20)
@@ -312,7 +312,7 @@ func TestCopyBuffersSharedUntilLastAcknowledged(t *testing.T) {
 	// Acknowledge through the first data record only.
 	a.q.ack(wire.Ack{Cached: data[0].Seq})
 	for range 8 {
-		if err := d.readCopy(4<<20, 1<<20); err != nil {
+		if err := d.readCopy(a.q.generation(), 4<<20, 1<<20); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -79,8 +79,9 @@ func (d *disk) resyncReader(ctx context.Context, work <-chan struct{}) {
 			if err := d.a.q.waitCopyRoom(ctx, d.a.cfg.ResyncChunk); err != nil {
 				return
 			}
+			gen := d.a.q.generation()
 			if off, n, ok := d.tracker.TakeDirty(d.a.cfg.ResyncChunk); ok {
-				if err := d.readCopy(off, n); err != nil {
+				if err := d.readCopy(gen, off, n); err != nil {
 					d.lastErr.Store(err.Error())
 					d.a.log.Error("resync read failed", "disk", d.cfg.Name, "err", err)
 					sleepCtx(ctx, time.Second)

@@ -559,6 +559,14 @@ func (t *Tracker) writeSlot(flags uint32, extra []uint32, closing bool) error {
 			t.pageMarks[p] |= bit
 		}
 		t.mu.Unlock()
+		// It may even be whole (its header written, a later page failing
+		// on a page that was unchanged anyway, or a failed fdatasync):
+		// recovery would then take it, seq+1, and ignore journal records
+		// based on seq. So no record may be appended until a slot write
+		// succeeds: with the journal "full", every activation writes a
+		// slot first (found by review: a write acknowledged after a
+		// failed slot write was lost at the next kill -9).
+		t.jpos = t.geo.journalSize
 		return err
 	}
 	t.seq = seq

@@ -8,7 +8,8 @@ import (
 	"time"
 )
 
-// A slot write that fails after its header page reached the file (here: a
+// Found by review. A slot write that fails after its header page reached
+// the file (here: a
 // later page run fails; an fdatasync EIO after all pages were written has
 // the same effect) leaves a valid slot seq+1 in the file while t.seq stays
 // at seq (tracker.go:555-562). The next cold BeginWrite appends a journal
@@ -20,7 +21,7 @@ import (
 // The fault is injected for real: RLIMIT_FSIZE makes pwrite past the slot's
 // header page fail with EFBIG (SIGXFSZ is ignored by the Go runtime), as a
 // CoW file system's ENOSPC or a media error would.
-func TestReviewFailedSlotWriteThenJournaledExtentLostOnCrash(t *testing.T) {
+func TestFailedSlotWriteDoesNotLoseALaterWrite(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state")
 	const size = 512 << 20 // 4 KiB blocks: a 16 KiB bitmap, 5 slot pages
 	opts := TrackerOptions{BlockSize: 4 << 10, ExtentSize: 4 << 20, IdleClean: time.Hour, Logger: quietLogger()}
@@ -55,7 +56,7 @@ func TestReviewFailedSlotWriteThenJournaledExtentLostOnCrash(t *testing.T) {
 	lim := old
 	lim.Cur = limit
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
-		t.Skipf("cannot lower RLIMIT_FSIZE: %v", err)
+		t.Fatalf("cannot lower RLIMIT_FSIZE to inject the fault: %v", err)
 	}
 	perr := tr.Persist()
 	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
