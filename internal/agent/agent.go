@@ -477,6 +477,14 @@ func (a *Agent) session(ctx context.Context) error {
 		return fmt.Errorf("handshake with process server: %w", err)
 	}
 	_ = c.SetDeadline(time.Time{})
+	if last := a.q.stats().LastSeq; w.Cached > last || w.Durable > last {
+		// Sequence numbers only grow (boot counter in the high bits), so
+		// this agent never numbered what the process server claims to
+		// hold: its state directory was lost or restored from a copy.
+		// Taking the claim would count new writes as delivered.
+		return fmt.Errorf("process server claims seq %d cached and %d durable, beyond this agent's newest seq %d: the agent's state (%s) is older than the process server's and master target's for machine %q; refusing to replicate into that history (remove the machine's cache at the process server and replica state at the master target to start over)",
+			w.Cached, w.Durable, last, a.cfg.StateDir, a.cfg.Machine)
+	}
 	a.q.ack(wire.Ack(w))
 	a.q.resetSend()
 	a.setConnected(true, nil)

@@ -5,9 +5,11 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
+	"standby/internal/agent"
 	"standby/internal/config"
 	"standby/internal/mastertarget"
 	"standby/internal/pki"
@@ -161,5 +163,90 @@ func TestCachedCopiesUnconfirmedEndTheAgentSession(t *testing.T) {
 		case <-timeout:
 			t.Fatalf("the agent's session is still open 10 s after the master target went away with copy seq %d unconfirmed", copySeq)
 		}
+	}
+}
+
+// An agent whose state is older than the process server's history of its
+// machine (state directory lost or restored) numbers its writes below what
+// the process server says it holds: taking that Welcome would count new
+// writes as delivered. The agent refuses, and says why.
+func TestAgentRefusesAProcessServerAheadOfIt(t *testing.T) {
+	dir := t.TempDir()
+	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	tlsOf := testPKI(t, dir, "m1")
+	mtAddr, psAddr, agStatus := freeAddr(t), freeAddr(t), freeAddr(t)
+	psSrv, psCli, err := config.ProcessServerTLS(tlsOf(pki.RoleProcessServer, "ps1"), mtAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := processserver.New(processserver.Config{Name: "ps1", Listen: psAddr, CacheDir: filepath.Join(dir, "ps"), MasterTarget: mtAddr, ServerTLS: psSrv, ClientTLS: psCli, Logger: lg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, ps.Run)
+	const size = 1 << 20
+	disk := filepath.Join(dir, "disk0.img")
+	if err := os.WriteFile(disk, make([]byte, size), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The history: an earlier agent of m1 at boot 9 delivered a marker.
+	aTLS, err := config.AgentTLS(tlsOf(pki.RoleAgent, "m1"), psAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c *transport.Conn
+	for i := 0; ; i++ {
+		if c, err = transport.Dial(context.Background(), psAddr, aTLS); err == nil {
+			break
+		}
+		if i > 200 {
+			t.Fatal(err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if err := c.WriteJSON(wire.TypeHello, wire.Hello{Role: "agent", Machine: "m1", Disks: []wire.DiskInfo{{Index: 0, Name: "disk0", Size: size}}}); err != nil {
+		t.Fatal(err)
+	}
+	var w wire.Welcome
+	if err := c.ReadJSON(wire.TypeWelcome, &w); err != nil {
+		t.Fatal(err)
+	}
+	high := uint64(9) << 40
+	b := wire.Batch{First: high, Last: high, Records: []wire.Record{{Seq: high, Op: wire.OpEpoch}}}
+	if err := c.WriteFrame(wire.TypeBatch, wire.AppendBatch(nil, &b), wire.CodecNone); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		typ, p, err := c.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a, err := wire.DecodeAck(p); typ == wire.TypeAck && err == nil && a.Cached == high {
+			break
+		}
+	}
+	c.Close()
+
+	// A fresh agent of m1 (boot 1).
+	ag, err := agent.New(agent.Config{Machine: "m1", StateDir: filepath.Join(dir, "agent"), ProcessServer: psAddr,
+		NBDListen: []string{"unix:" + filepath.Join(dir, "nbd.sock")}, StatusListen: agStatus, Disks: []agent.DiskConfig{{Name: "disk0", Path: disk}}, TLS: aTLS, Logger: lg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, ag.Run)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st := ag.Status()
+		if st.Connected {
+			t.Fatalf("the agent took a Welcome of seq %d, beyond its own numbering", high)
+		}
+		if strings.Contains(st.ConnError, "beyond this agent's newest seq") {
+			t.Logf("refused: %s", st.ConnError)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no refusal after 10 s; status: connected %v, error %q", st.Connected, st.ConnError)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
