@@ -31,40 +31,12 @@ func TestCachedCopiesUnconfirmedEndTheAgentSession(t *testing.T) {
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	tlsOf := testPKI(t, dir, "m1")
 	mtAddr, psAddr := freeAddr(t), freeAddr(t)
-	psSrv, psCli, err := config.ProcessServerTLS(tlsOf(pki.RoleProcessServer, "ps1"), mtAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, err := processserver.New(processserver.Config{Name: "ps1", Listen: psAddr, CacheDir: filepath.Join(dir, "ps"), MasterTarget: mtAddr, ServerTLS: psSrv, ClientTLS: psCli, Logger: lg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, ps.Run)
+	startProcessServer(t, tlsOf, filepath.Join(dir, "ps"), psAddr, mtAddr, lg)
 
 	// The agent's side, spoken directly: the master target is not up yet.
 	const size = 16 << 20
-	aTLS, err := config.AgentTLS(tlsOf(pki.RoleAgent, "m1"), psAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c *transport.Conn
-	for i := 0; ; i++ {
-		if c, err = transport.Dial(context.Background(), psAddr, aTLS); err == nil {
-			break
-		}
-		if i > 200 {
-			t.Fatal(err)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
+	c := dialAsAgent(t, tlsOf, psAddr, "m1", size)
 	defer c.Close()
-	if err := c.WriteJSON(wire.TypeHello, wire.Hello{Role: "agent", Machine: "m1", Disks: []wire.DiskInfo{{Index: 0, Name: "disk0", Size: size}}}); err != nil {
-		t.Fatal(err)
-	}
-	var w wire.Welcome
-	if err := c.ReadJSON(wire.TypeWelcome, &w); err != nil {
-		t.Fatal(err)
-	}
 	seq := uint64(0)
 	send := func(recs ...wire.Record) {
 		t.Helper()
@@ -175,42 +147,14 @@ func TestAgentRefusesAProcessServerAheadOfIt(t *testing.T) {
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	tlsOf := testPKI(t, dir, "m1")
 	mtAddr, psAddr, agStatus := freeAddr(t), freeAddr(t), freeAddr(t)
-	psSrv, psCli, err := config.ProcessServerTLS(tlsOf(pki.RoleProcessServer, "ps1"), mtAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ps, err := processserver.New(processserver.Config{Name: "ps1", Listen: psAddr, CacheDir: filepath.Join(dir, "ps"), MasterTarget: mtAddr, ServerTLS: psSrv, ClientTLS: psCli, Logger: lg})
-	if err != nil {
-		t.Fatal(err)
-	}
-	start(t, ps.Run)
+	startProcessServer(t, tlsOf, filepath.Join(dir, "ps"), psAddr, mtAddr, lg)
 	const size = 1 << 20
 	disk := filepath.Join(dir, "disk0.img")
 	if err := os.WriteFile(disk, make([]byte, size), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	// The history: an earlier agent of m1 at boot 9 delivered a marker.
-	aTLS, err := config.AgentTLS(tlsOf(pki.RoleAgent, "m1"), psAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var c *transport.Conn
-	for i := 0; ; i++ {
-		if c, err = transport.Dial(context.Background(), psAddr, aTLS); err == nil {
-			break
-		}
-		if i > 200 {
-			t.Fatal(err)
-		}
-		time.Sleep(25 * time.Millisecond)
-	}
-	if err := c.WriteJSON(wire.TypeHello, wire.Hello{Role: "agent", Machine: "m1", Disks: []wire.DiskInfo{{Index: 0, Name: "disk0", Size: size}}}); err != nil {
-		t.Fatal(err)
-	}
-	var w wire.Welcome
-	if err := c.ReadJSON(wire.TypeWelcome, &w); err != nil {
-		t.Fatal(err)
-	}
+	c := dialAsAgent(t, tlsOf, psAddr, "m1", size)
 	high := uint64(9) << 40
 	b := wire.Batch{First: high, Last: high, Records: []wire.Record{{Seq: high, Op: wire.OpEpoch}}}
 	if err := c.WriteFrame(wire.TypeBatch, wire.AppendBatch(nil, &b), wire.CodecNone); err != nil {
@@ -228,6 +172,10 @@ func TestAgentRefusesAProcessServerAheadOfIt(t *testing.T) {
 	c.Close()
 
 	// A fresh agent of m1 (boot 1).
+	aTLS, err := config.AgentTLS(tlsOf(pki.RoleAgent, "m1"), psAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ag, err := agent.New(agent.Config{Machine: "m1", StateDir: filepath.Join(dir, "agent"), ProcessServer: psAddr,
 		NBDListen: []string{"unix:" + filepath.Join(dir, "nbd.sock")}, StatusListen: agStatus, Disks: []agent.DiskConfig{{Name: "disk0", Path: disk}}, TLS: aTLS, Logger: lg})
 	if err != nil {
@@ -249,4 +197,46 @@ func TestAgentRefusesAProcessServerAheadOfIt(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// dialAsAgent opens an agent's session with the process server at psAddr
+// for a machine of one disk of size bytes, and reads its Welcome.
+func dialAsAgent(t *testing.T, tlsOf func(pki.Role, string) config.TLS, psAddr, machine string, size int64) *transport.Conn {
+	t.Helper()
+	aTLS, err := config.AgentTLS(tlsOf(pki.RoleAgent, machine), psAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c *transport.Conn
+	for i := 0; ; i++ {
+		if c, err = transport.Dial(context.Background(), psAddr, aTLS); err == nil {
+			break
+		}
+		if i > 200 {
+			t.Fatal(err)
+		}
+		time.Sleep(25 * time.Millisecond)
+	}
+	if err := c.WriteJSON(wire.TypeHello, wire.Hello{Role: "agent", Machine: machine, Disks: []wire.DiskInfo{{Index: 0, Name: "disk0", Size: size}}}); err != nil {
+		t.Fatal(err)
+	}
+	var w wire.Welcome
+	if err := c.ReadJSON(wire.TypeWelcome, &w); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// startProcessServer runs process server "ps1" until the test ends.
+func startProcessServer(t *testing.T, tlsOf func(pki.Role, string) config.TLS, cacheDir, psAddr, mtAddr string, lg *slog.Logger) {
+	t.Helper()
+	psSrv, psCli, err := config.ProcessServerTLS(tlsOf(pki.RoleProcessServer, "ps1"), mtAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ps, err := processserver.New(processserver.Config{Name: "ps1", Listen: psAddr, CacheDir: cacheDir, MasterTarget: mtAddr, ServerTLS: psSrv, ClientTLS: psCli, Logger: lg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, ps.Run)
 }
