@@ -72,3 +72,23 @@ func TestMixedBlockCopyCompletesOnLargeDisk(t *testing.T) {
 			d.tracker.BlockSize(), got, off, n)
 	}
 }
+
+// Copies acknowledged durable before the reader registers them (it was
+// descheduled after its last push) are completed at registration: no later
+// acknowledgment may come to do it.
+func TestCopiesDurableBeforeRegistrationComplete(t *testing.T) {
+	a, d := newTestAgent(t, 64<<20)
+	b := takeInitialMarkers(t, a)
+	a.q.ack(wire.Ack{Cached: b.Last, Durable: b.Last})
+	gen := a.q.generation()
+	off, n, ok := d.tracker.TakeDirty(1 << 20)
+	if !ok {
+		t.Fatal("nothing dirty on a fresh disk")
+	}
+	last := a.q.pushCopy(d, wire.Record{Op: wire.OpCopyZero, Disk: d.index, Offset: uint64(off), Length: uint32(n)}, nil)
+	a.q.ack(wire.Ack{Cached: last, Durable: last})
+	a.q.copiesQueued(gen, d, off, n, last)
+	if got := d.tracker.InflightBytes(); got != 0 {
+		t.Fatalf("%d bytes still in flight after their copies were durable", got)
+	}
+}

@@ -277,6 +277,13 @@ func (q *queue) copiesQueued(gen uint64, d *disk, off, n int64, last uint64) {
 	if q.gen != gen || d.tracker == nil {
 		return
 	}
+	if q.durable >= last {
+		// Durable already (the reader was descheduled after its last
+		// push): no later acknowledgment may come to complete it.
+		d.tracker.Complete(off, n)
+		d.kick()
+		return
+	}
 	// In seq order (ack walks the front): several readers finish out of
 	// order.
 	i := len(q.inflight)
