@@ -117,6 +117,11 @@ func (n *negotiator) run() (*session, error) {
 			if code == optExportName {
 				return nil, fmt.Errorf("nbd: export name of %d bytes", length)
 			}
+			if code == optAbort {
+				// The spec: the server "MUST reply with NBD_REP_ACK" and
+				// "SHOULD ignore any data".
+				return n.option(code, nil, noZeroes)
+			}
 			if err := n.replyErr(code, repErrTooBig, "option data of %d bytes is too large", length); err != nil {
 				return nil, err
 			}

@@ -475,6 +475,13 @@ func TestOptionAbortAndUnknownExportName(t *testing.T) {
 	if _, err := r.nc.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("after ABORT: %v", err)
 	}
+	// ABORT with data, even more than any option may carry: still ACK
+	// ("MUST reply with NBD_REP_ACK", "SHOULD ignore any data").
+	r = rawDial(t, ts.sock)
+	r.send(optAbort, make([]byte, maxOptionData+1))
+	if typ, _ := r.reply(optAbort); typ != repAck {
+		t.Fatalf("ABORT with %d bytes of data: reply %#x", maxOptionData+1, typ)
+	}
 	// NBD_OPT_EXPORT_NAME cannot be refused politely: the server hangs up.
 	r = rawDial(t, ts.sock)
 	r.send(optExportName, []byte("missing"))
