@@ -178,13 +178,27 @@ func (d *disk) zero(ctx context.Context, off, n int64, fua, unmap bool) error {
 		return fmt.Errorf("zeroing %s at %d+%d: %w", d.cfg.Name, off, n, err)
 	}
 	// A zero record is at most MaxRecordLength long; split larger ranges.
+	// Each record holds its own pending count on the extents (the outer
+	// BeginWrite already made them active, so these do not wait), which
+	// its acknowledgment releases.
+	var rerr error
 	for o := off; o < off+n; o += wire.MaxRecordLength {
 		l := min(off+n-o, wire.MaxRecordLength)
-		d.tracker.BeginWrite(ctx, o, l) //nolint:errcheck // already covered: same extents, only the pending count matters
+		if err := d.tracker.BeginWrite(ctx, o, l); err != nil {
+			// Only when the tracker is closing: no record may be queued
+			// without its count (the acknowledgment would release one
+			// never taken), so the rest is left dirty instead.
+			d.tracker.MarkDirty(o, off+n-o)
+			rerr = fmt.Errorf("recording zeroing of %s at %d in the activity log: %w", d.cfg.Name, o, err)
+			break
+		}
 		d.a.q.pushCaptured(d, wire.Record{Op: wire.OpZero, Disk: d.index, Offset: uint64(o), Length: uint32(l)}, nil)
 	}
 	d.tracker.EndWrite(off, n)
 	unlock()
+	if rerr != nil {
+		return rerr
+	}
 	if fua {
 		return d.flush()
 	}
