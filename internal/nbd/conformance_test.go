@@ -5,45 +5,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"standby/internal/bufpool"
 )
-
-// negotiateBytes drives option haggling over a pipe with the given client bytes
-// and returns what run returned. A panic in the negotiator is reported as an
-// error, not a crash of the test binary.
-func negotiateBytes(t *testing.T, exports []*Export, in []byte) (sess *session, err error) {
-	t.Helper()
-	srvEnd, cliEnd := net.Pipe()
-	defer cliEnd.Close()
-	defer srvEnd.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	srvEnd.SetDeadline(deadline)
-	cliEnd.SetDeadline(deadline)
-	go io.Copy(io.Discard, cliEnd)
-	go func() {
-		cliEnd.Write(in)
-	}()
-	n := negotiator{
-		br:      bufio.NewReader(srvEnd),
-		bw:      bufio.NewWriter(srvEnd),
-		exports: func() []*Export { return exports },
-		log:     slog.New(slog.DiscardHandler),
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			sess, err = nil, fmt.Errorf("negotiator panicked: %v", r)
-		}
-	}()
-	return n.run()
-}
 
 // The spec, NBD_OPT_SET_META_CONTEXT: "Issuing this command replaces all
 // previously-set metadata contexts (including when this command fails)".
@@ -63,7 +31,7 @@ func TestFailedSetMetaContextClearsSelection(t *testing.T) {
 				opt(optSetMetaContext, appendMetaRequest(nil, "a", baseAllocation)),
 				opt(optSetMetaContext, tc.bad),
 				opt(optGo, appendInfoRequest(nil, "a")))
-			sess, err := negotiateBytes(t, fuzzExports(), in)
+			sess, err := negotiateBytes(fuzzExports(), in, false, 5*time.Second)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -81,15 +49,7 @@ func TestFailedSetMetaContextClearsSelection(t *testing.T) {
 // before (found by review).
 func TestStalledInlineRequestHandsOverTheReadLoop(t *testing.T) {
 	mem := newMemBackend(1 << 20)
-	var arm atomic.Bool
-	entered := make(chan struct{}, 1)
-	release := make(chan struct{})
-	mem.delay = func() {
-		if arm.CompareAndSwap(true, false) {
-			entered <- struct{}{}
-			<-release
-		}
-	}
+	st := stallWrites(mem, false)
 	ts := startServer(t, &Export{Name: "d", Backend: mem})
 	c := dialT(t, "unix", ts.sock, "d", dialOptions{})
 	// A queue-depth-1 phase: lone requests, so the read loop goes inline.
@@ -99,12 +59,12 @@ func TestStalledInlineRequestHandsOverTheReadLoop(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	arm.Store(true)
+	st.armed.Store(true)
 	stuck := make(chan error, 1)
 	go func() { stuck <- c.WriteAt(bytes.Repeat([]byte{2}, 4096), 0, false) }()
-	<-entered
+	<-st.entered
 	defer func() {
-		close(release)
+		close(st.release)
 		if err := <-stuck; err != nil {
 			t.Error(err)
 		}

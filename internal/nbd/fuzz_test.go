@@ -80,28 +80,8 @@ func FuzzOption(f *testing.F) {
 	f.Add(optionStream(7))
 
 	f.Fuzz(func(t *testing.T, in []byte) {
-		srvEnd, cliEnd := net.Pipe()
-		defer cliEnd.Close()
-		deadline := time.Now().Add(2 * time.Second)
-		srvEnd.SetDeadline(deadline)
-		cliEnd.SetDeadline(deadline)
-		go io.Copy(io.Discard, cliEnd)
-		go func() {
-			cliEnd.Write(in)
-			// All input consumed: end the stream so the server sees EOF
-			// instead of waiting for the deadline.
-			cliEnd.Close()
-		}()
-		exports := fuzzExports()
-		n := negotiator{
-			br:      bufio.NewReader(srvEnd),
-			bw:      bufio.NewWriter(srvEnd),
-			exports: func() []*Export { return exports },
-			log:     slog.New(slog.DiscardHandler),
-		}
 		start := time.Now()
-		sess, err := n.run()
-		srvEnd.Close()
+		sess, err := negotiateBytes(fuzzExports(), in, true, 2*time.Second)
 		if time.Since(start) > 3*time.Second {
 			t.Fatalf("negotiation took %v", time.Since(start))
 		}

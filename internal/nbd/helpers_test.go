@@ -1,9 +1,11 @@
 package nbd
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -11,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -220,4 +223,53 @@ func firstDiff(a, b []byte) string {
 		}
 	}
 	return "equal"
+}
+
+// staller holds the first backend write after arm in the backend until
+// release: a request stuck there (a write waiting for room in the agent's
+// queue).
+type staller struct {
+	armed   atomic.Bool
+	entered chan struct{} // signalled when the stuck write arrives
+	release chan struct{}
+}
+
+// stallWrites installs a staller on mem, armed already if armed.
+func stallWrites(mem *memBackend, armed bool) *staller {
+	s := &staller{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	s.armed.Store(armed)
+	mem.delay = func() {
+		if s.armed.CompareAndSwap(true, false) {
+			s.entered <- struct{}{}
+			<-s.release
+		}
+	}
+	return s
+}
+
+// negotiateBytes drives option haggling over a pipe with the given client
+// bytes and returns what the negotiator returned. With hangUp the client
+// closes its end once in is written, so input that ends mid-haggling ends
+// in EOF instead of the deadline (replies then fail to be written).
+func negotiateBytes(exports []*Export, in []byte, hangUp bool, within time.Duration) (*session, error) {
+	srvEnd, cliEnd := net.Pipe()
+	defer cliEnd.Close()
+	defer srvEnd.Close()
+	deadline := time.Now().Add(within)
+	srvEnd.SetDeadline(deadline)
+	cliEnd.SetDeadline(deadline)
+	go io.Copy(io.Discard, cliEnd)
+	go func() {
+		cliEnd.Write(in)
+		if hangUp {
+			cliEnd.Close()
+		}
+	}()
+	n := negotiator{
+		br:      bufio.NewReader(srvEnd),
+		bw:      bufio.NewWriter(srvEnd),
+		exports: func() []*Export { return exports },
+		log:     slog.New(slog.DiscardHandler),
+	}
+	return n.run()
 }

@@ -10,7 +10,6 @@ import (
 	"net"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -612,21 +611,13 @@ func TestBufferKeeperOwnsPayloads(t *testing.T) {
 // stuck one finishes.
 func TestStuckRequestDoesNotHoldOtherReplies(t *testing.T) {
 	mem := newMemBackend(1 << 20)
-	release := make(chan struct{})
-	entered := make(chan struct{}, 1)
-	var first atomic.Bool
-	mem.delay = func() {
-		if first.CompareAndSwap(false, true) {
-			entered <- struct{}{}
-			<-release
-		}
-	}
+	st := stallWrites(mem, true)
 	ts := startServer(t, &Export{Name: "d", Backend: mem})
 	c := dialT(t, "unix", ts.sock, "d", dialOptions{})
 	stuck := make(chan error, 1)
 	go func() { stuck <- c.WriteAt(bytes.Repeat([]byte{1}, 512), 0, false) }()
-	<-entered
-	defer close(release)
+	<-st.entered
+	defer close(st.release)
 	for i := range 20 {
 		done := make(chan error, 1)
 		start := time.Now()
