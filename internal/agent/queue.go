@@ -183,8 +183,12 @@ func (q *queue) pushCaptured(d *disk, r wire.Record, buf *[]byte) bool {
 		// The sync-start goes before anything queued after this write (a
 		// FLUSH's epoch marker): left to the resync loop, it could come
 		// after a marker that the master target would take for a
-		// consistent point lacking this acknowledged write.
-		d.beginResyncLocked(q)
+		// consistent point lacking this acknowledged write. Only when
+		// not resyncing already: beginResyncLocked also resets the
+		// resync's progress total, which every write would then undo.
+		if !d.resyncing {
+			d.beginResyncLocked(q)
+		}
 		d.kick()
 		q.bufs.Put(buf)
 		return false

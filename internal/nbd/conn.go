@@ -39,6 +39,11 @@ type conn struct {
 	// stalls (handleInline): whoever moves it on from the value the read
 	// loop set owns the loop.
 	readerGen atomic.Uint64
+	// stallTimer hands the read loop over (takeOverReading) if the
+	// request it handles itself takes inlineStall; stallGen is the
+	// readerGen it may move on. Used by the goroutine that reads.
+	stallTimer *time.Timer
+	stallGen   atomic.Uint64
 	// readDone carries the read loop's end to transmit once the loop has
 	// moved to another goroutine.
 	readDone chan error
@@ -236,15 +241,29 @@ func (c *conn) handleInline(req request, buf *[]byte, w int) bool {
 	// Add, not Load: the taker's CompareAndSwap then observes everything
 	// the read loop wrote before (its buffered reader, alone).
 	gen := c.readerGen.Add(1)
-	stall := time.AfterFunc(inlineStall, func() {
-		if c.readerGen.CompareAndSwap(gen, gen+1) {
-			go c.resumeReading()
-		}
-	})
+	c.stallGen.Store(gen)
+	if c.stallTimer == nil {
+		c.stallTimer = time.AfterFunc(inlineStall, c.takeOverReading)
+	} else {
+		c.stallTimer.Reset(inlineStall)
+	}
 	c.handle(req, buf, w)
-	stall.Stop()
-	// Exactly one of this and the timer's swap succeeds.
-	return c.readerGen.CompareAndSwap(gen, gen+1)
+	// Exactly one of this and the timer's swap succeeds. Lost: the timer
+	// is the new reader's now, not to be touched.
+	if !c.readerGen.CompareAndSwap(gen, gen+1) {
+		return false
+	}
+	c.stallTimer.Stop()
+	return true
+}
+
+// takeOverReading runs when a request handled by the read loop stalled.
+// A late run from an earlier request may hand over during a later one
+// before inlineStall: harmless, the handover is correct at any time.
+func (c *conn) takeOverReading() {
+	if gen := c.stallGen.Load(); c.readerGen.CompareAndSwap(gen, gen+1) {
+		go c.resumeReading()
+	}
 }
 
 // resumeReading runs the read loop on a new goroutine after a handover.
