@@ -532,7 +532,8 @@ func (a *Agent) session(ctx context.Context) error {
 	sender.Go(func() {
 		stop := context.AfterFunc(sctx, a.q.wake)
 		defer stop()
-		buf := make([]byte, 0, a.cfg.BatchBytes+1<<20)
+		var buf []byte
+		var parts [][]byte
 		for {
 			b, err := a.q.nextBatch(sctx, a.cfg.BatchBytes)
 			if errors.Is(err, errRetry) {
@@ -542,9 +543,14 @@ func (a *Agent) session(ctx context.Context) error {
 				errc <- err
 				return
 			}
-			buf = wire.AppendBatch(buf[:0], &b)
+			// Large records (copies, big writes) go from their buffers
+			// to the connection without being joined into one first;
+			// so the records' buffers stay lent until the frame is sent.
+			buf, parts = wire.BatchParts(buf, parts, &b, 64<<10)
+			err = c.WriteFrameParts(wire.TypeBatch, parts)
+			clear(parts)
 			a.q.encoded()
-			if err := c.WriteFrame(wire.TypeBatch, buf, wire.CodecNone); err != nil {
+			if err != nil {
 				errc <- err
 				return
 			}

@@ -53,9 +53,9 @@ func (q *queue) releaseLocked(r *qrec) {
 }
 
 // dropLocked gives back the data of the record at index i of q.recs, which
-// is being dropped, unless the sender may be copying it into a batch right
-// now (it took every record below q.sent): then the release waits for
-// encoded, so the buffer is not lent to a new write mid-copy.
+// is being dropped, unless the sender may be sending it right now (it took
+// every record below q.sent): then the release waits for encoded, so the
+// buffer is not lent to a new write mid-send.
 func (q *queue) dropLocked(r *qrec, i int) {
 	if q.encoding && i < q.sent {
 		q.afterEncode = append(q.afterEncode, qrec{buf: r.buf, shared: r.shared})
@@ -114,10 +114,11 @@ type queue struct {
 	// bufs lends the NBD server its payload buffers (kept as captured
 	// writes' data) and the copy readers theirs. A buffer goes back when
 	// its record is acknowledged: the process server has it, so the sender
-	// is done with it. encoding is set while the sender copies a batch out
-	// of records it took; records dropped meanwhile (acknowledged, an
+	// is done with it. encoding is set while the sender sends a batch of
+	// records it took (large records' data goes to the connection from
+	// their own buffers); records dropped meanwhile (acknowledged, an
 	// overflow, a requeue) keep their buffers in afterEncode until it is
-	// done, instead of lending them to a new write mid-copy.
+	// done, instead of lending them to a new write mid-send.
 	bufs        bufpool.Pool
 	encoding    bool
 	afterEncode []qrec
@@ -542,8 +543,8 @@ func (q *queue) nextBatch(ctx context.Context, maxBytes int) (wire.Batch, error)
 	return b, nil
 }
 
-// encoded tells the queue the sender has copied the batch from nextBatch
-// out of its records.
+// encoded tells the queue the sender is done with the records of the
+// batch from nextBatch: the frame is sent, or the send failed.
 func (q *queue) encoded() {
 	q.mu.Lock()
 	q.encoding = false

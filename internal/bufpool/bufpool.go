@@ -84,23 +84,48 @@ func (p *Pool) Put(b *[]byte) {
 	p.classes[class(n)].Put(b)
 }
 
-// Bounded lends buffers in the same classes but keeps at most a set number
-// of bytes of spares, in channels rather than sync.Pools: what it holds
-// does not depend on when the garbage collector last ran, so a process
-// that must stay under a memory bound knows what its spares cost. Its
-// methods take and return slices; a nil *Bounded lends fresh buffers and
-// keeps nothing.
+// Bounded lends buffers like Pool, but keeps at most a set number of
+// bytes of spares, in channels rather than sync.Pools: what it holds does
+// not depend on when the garbage collector last ran, so a process that
+// must stay under a memory bound knows what its spares cost. Above 16 KiB
+// its classes are quarter octaves (20, 24, 28, 32 KiB, 40 KiB, ...), not
+// powers of two: it holds relayed frames, and a frame of one 4 MiB copy
+// and its headers took an 8 MiB buffer, so the relay's 32 MiB of frames
+// circulated in 64 MiB of buffers, more than the spares may keep, and the
+// process server zeroed a fresh buffer for a third of the frames of an
+// initial copy (docs/benchmarks.md). Its methods take and return slices;
+// a nil *Bounded lends fresh buffers and keeps nothing.
 type Bounded struct {
-	classes [numClass]chan []byte
+	classes [numBounded]chan []byte
 	spare   atomic.Int64
 	max     int64
+}
+
+const (
+	quarterFrom = 14 // classes above 1<<quarterFrom are quarter octaves
+	numBounded  = quarterFrom - minShift + 1 + 4*(maxShift-quarterFrom)
+)
+
+// boundedClass is the class of a request of n bytes (0 < n <= MaxSize)
+// and its buffer size, a multiple of Align.
+func boundedClass(n int) (idx, size int) {
+	if n <= 1<<quarterFrom {
+		c := class(n)
+		return c, 1 << (c + minShift)
+	}
+	k := bits.Len(uint(n-1)) - 1 // 1<<k < n <= 1<<(k+1)
+	step := 1 << (k - 2)
+	q := (n - 1<<k + step - 1) / step // 1..4
+	return quarterFrom - minShift + 1 + 4*(k-quarterFrom) + q - 1, 1<<k + q*step
 }
 
 // NewBounded keeps at most maxSpare bytes of spare buffers.
 func NewBounded(maxSpare int64) *Bounded {
 	p := &Bounded{max: maxSpare}
-	for c := range p.classes {
-		p.classes[c] = make(chan []byte, max(1, min(maxSpare>>(c+minShift), 1024)))
+	for n := 1; n <= MaxSize; {
+		c, size := boundedClass(n)
+		p.classes[c] = make(chan []byte, max(1, min(maxSpare/int64(size), 1024)))
+		n = size + 1
 	}
 	return p
 }
@@ -111,13 +136,13 @@ func (p *Bounded) Get(n int) []byte {
 	if p == nil || n > MaxSize {
 		return make([]byte, n)
 	}
-	c := class(n)
+	c, size := boundedClass(max(n, 1))
 	select {
 	case b := <-p.classes[c]:
 		p.spare.Add(-int64(cap(b)))
 		return b[:n]
 	default:
-		return Aligned(1 << (c + minShift))[:n]
+		return Aligned(size)[:n]
 	}
 }
 
@@ -125,7 +150,11 @@ func (p *Bounded) Get(n int) []byte {
 // size, or that would take the spares past the bound, are dropped.
 func (p *Bounded) Put(b []byte) {
 	n := cap(b)
-	if p == nil || n < 1<<minShift || n > MaxSize || n&(n-1) != 0 {
+	if p == nil || n < 1<<minShift || n > MaxSize {
+		return
+	}
+	c, size := boundedClass(n)
+	if size != n {
 		return
 	}
 	if p.spare.Add(int64(n)) > p.max {
@@ -133,7 +162,7 @@ func (p *Bounded) Put(b []byte) {
 		return
 	}
 	select {
-	case p.classes[class(n)] <- b[:0]:
+	case p.classes[c] <- b[:0]:
 	default:
 		p.spare.Add(-int64(n))
 	}

@@ -117,7 +117,42 @@ func TestBoundedKeepsAtMostItsBound(t *testing.T) {
 	}
 	var nilPool *Bounded
 	nilPool.Put(b)
+	if len(nilPool.Get(0)) != 0 || len(p.Get(0)) != 0 {
+		t.Fatal("Get(0) must lend an empty buffer")
+	}
 	if len(nilPool.Get(10)) != 10 {
 		t.Fatal("a nil pool must still lend buffers")
+	}
+}
+
+// TestBoundedClasses: every request gets an aligned buffer of a class
+// size, at most a quarter larger than asked above 16 KiB (a frame of one
+// 4 MiB copy and its headers takes 5 MiB, not 8), classes are ordered and
+// distinct, and a buffer comes back to the class it was lent from.
+func TestBoundedClasses(t *testing.T) {
+	p := NewBounded(1 << 30)
+	prevIdx, prevSize := -1, 0
+	for _, n := range []int{1, 4096, 4097, 8192, 16 << 10, 16<<10 + 1, 20 << 10, 20<<10 + 1, 32 << 10, 32<<10 + 1,
+		1 << 20, 1<<20 + 1, 4<<20 + 44, 8 << 20, 8<<20 + 68, 31 << 20, MaxSize} {
+		idx, size := boundedClass(n)
+		if size < n || size%Align != 0 || (n > 16<<10 && size > n+n/4) {
+			t.Fatalf("class of %d bytes: size %d", n, size)
+		}
+		if idx < prevIdx || (idx == prevIdx) != (size == prevSize) || idx >= numBounded {
+			t.Fatalf("class of %d bytes: index %d size %d after index %d size %d", n, idx, size, prevIdx, prevSize)
+		}
+		prevIdx, prevSize = idx, size
+		b := p.Get(n)
+		if len(b) != n || cap(b) != size || uintptr(unsafe.Pointer(&b[0]))%Align != 0 {
+			t.Fatalf("Get(%d): len %d cap %d", n, len(b), cap(b))
+		}
+		b[0] = 1
+		p.Put(b)
+		if again := p.Get(n); &again[0] != &b[0] {
+			t.Fatalf("Get(%d) after Put: a new buffer, not the spare", n)
+		}
+	}
+	if c, size := boundedClass(4<<20 + 44); size != 5<<20 {
+		t.Fatalf("a 4 MiB copy's frame: class %d of %d bytes, want 5 MiB", c, size)
 	}
 }

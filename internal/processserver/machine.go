@@ -187,7 +187,11 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			continue
 		}
 		data := p
+		// The checksum the batch arrived with goes on with it while the
+		// batch is forwarded unchanged (WriteFrameSum).
+		sum, sumOK := c.LastSum()
 		if b.First <= last {
+			sumOK = false
 			k := 0
 			for k < len(b.Records) && b.Records[k].Seq <= last {
 				k++
@@ -197,7 +201,7 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 			buf = wire.AppendBatch(buf[:0], &b)
 			data = buf
 		}
-		relayed, err := m.relayCopies(sctx, &b, data, c)
+		relayed, err := m.relayCopies(sctx, &b, data, sum, sumOK, c)
 		if err != nil {
 			return
 		}
@@ -228,7 +232,7 @@ func (m *machine) runAgentSession(ctx context.Context, c *transport.Conn) {
 // (cache it instead) for captured records, with the relay off, or while the
 // master target is away: then the cache holds copies as before, bounded by
 // its own limit.
-func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c *transport.Conn) (bool, error) {
+func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, sum uint32, sumOK bool, c *transport.Conn) (bool, error) {
 	if m.s.cfg.RelayBytes <= 0 || b.Captured() {
 		return false, nil
 	}
@@ -238,7 +242,7 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c
 		m.mu.Lock()
 		up := m.mtConnected
 		// Every cache entry appended so far precedes the batch.
-		it := relay.Item{First: b.First, Last: b.Last, LogBefore: m.logLast}
+		it := relay.Item{First: b.First, Last: b.Last, LogBefore: m.logLast, Sum: sum, HasSum: sumOK}
 		m.mu.Unlock()
 		if !up {
 			return false, nil
@@ -377,7 +381,13 @@ func (m *machine) forward(ctx context.Context) error {
 				return err
 			}
 			codec = m.s.chooseCodec(codec, waited)
-			if err := c.WriteFrame(wire.TypeBatch, e.Data, codec); err != nil {
+			var err error
+			if e.HasSum && codec == wire.CodecNone {
+				err = c.WriteFrameSum(wire.TypeBatch, e.Data, e.Sum)
+			} else {
+				err = c.WriteFrame(wire.TypeBatch, e.Data, codec)
+			}
+			if err != nil {
 				return err
 			}
 			raw, onWire := c.Counters()

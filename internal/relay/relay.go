@@ -30,6 +30,10 @@ type Item struct {
 	// item: it may be handed on once the log has been read through it.
 	LogBefore uint64
 	Data      []byte
+	// Sum is Data's CRC-32C as it arrived, when HasSum: passed on, not
+	// computed again.
+	Sum    uint32
+	HasSum bool
 }
 
 // Queue is a bounded FIFO of copy batches in sequence order.
@@ -148,6 +152,8 @@ type Entry struct {
 	// FromLog says Data belongs to the log reader and is valid only until
 	// the emit callback returns; a queued item's Data is the caller's.
 	FromLog bool
+	Sum     uint32 // Data's CRC-32C, when HasSum (queued items only)
+	HasSum  bool
 }
 
 // Merge reads the log from seq from and the queue, and calls emit with
@@ -198,7 +204,7 @@ func Merge(ctx context.Context, lg *seglog.Log, q *Queue, from uint64, emit func
 	// it ends before from, and pops it.
 	emitHead := func(it Item) error {
 		if it.Last >= from {
-			if err := emit(Entry{First: it.First, Last: it.Last, Data: it.Data}); err != nil {
+			if err := emit(Entry{First: it.First, Last: it.Last, Data: it.Data, Sum: it.Sum, HasSum: it.HasSum}); err != nil {
 				return err
 			}
 		}

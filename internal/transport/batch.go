@@ -13,7 +13,7 @@ import (
 // system call on one side and a read on the other. Batching them into
 // 256 KiB cut the CPU a TLS stream costs both ends by 10-20 % on the
 // development VM (docs/benchmarks.md).
-const batchBuf = 256 << 10
+const batchBuf = 512 << 10
 
 // batchConn sits between TLS and the socket. Reads come from a buffer
 // refilled by large reads; once armed (after the handshake, which must not

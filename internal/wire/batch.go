@@ -152,15 +152,58 @@ func AppendBatch(dst []byte, b *Batch) []byte {
 	dst = binary.LittleEndian.AppendUint64(dst, b.Last)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(b.Records)))
 	for i := range b.Records {
-		r := &b.Records[i]
-		dst = binary.LittleEndian.AppendUint64(dst, r.Seq)
-		dst = binary.LittleEndian.AppendUint16(dst, r.Disk)
-		dst = append(dst, byte(r.Op), r.Flags)
-		dst = binary.LittleEndian.AppendUint64(dst, r.Offset)
-		dst = binary.LittleEndian.AppendUint32(dst, r.Length)
-		dst = append(dst, r.Data...)
+		dst = appendRecordHeader(dst, &b.Records[i])
+		dst = append(dst, b.Records[i].Data...)
 	}
 	return dst
+}
+
+func appendRecordHeader(dst []byte, r *Record) []byte {
+	dst = binary.LittleEndian.AppendUint64(dst, r.Seq)
+	dst = binary.LittleEndian.AppendUint16(dst, r.Disk)
+	dst = append(dst, byte(r.Op), r.Flags)
+	dst = binary.LittleEndian.AppendUint64(dst, r.Offset)
+	return binary.LittleEndian.AppendUint32(dst, r.Length)
+}
+
+// BatchParts encodes b as the parts of one payload, for
+// Conn.WriteFrameParts: record data of at least minRef bytes is referred
+// to, not copied (a batch of copies is megabytes read from the disk); the
+// headers and smaller data are encoded into buf, reused from the last call.
+// The concatenated parts equal AppendBatch's encoding. The parts alias buf
+// and the records' data until the next call.
+func BatchParts(buf []byte, parts [][]byte, b *Batch, minRef int) ([]byte, [][]byte) {
+	n := batchHeaderSize
+	for i := range b.Records {
+		n += recordHeaderSize
+		if len(b.Records[i].Data) < minRef {
+			n += len(b.Records[i].Data)
+		}
+	}
+	// Sized up front: a part is a slice of buf, which must not move.
+	if cap(buf) < n {
+		buf = make([]byte, 0, n)
+	}
+	buf = buf[:0]
+	parts = parts[:0]
+	buf = binary.LittleEndian.AppendUint64(buf, b.First)
+	buf = binary.LittleEndian.AppendUint64(buf, b.Last)
+	buf = binary.LittleEndian.AppendUint32(buf, uint32(len(b.Records)))
+	from := 0 // start of buf not yet in parts
+	for i := range b.Records {
+		r := &b.Records[i]
+		buf = appendRecordHeader(buf, r)
+		if len(r.Data) < minRef {
+			buf = append(buf, r.Data...)
+			continue
+		}
+		parts = append(parts, buf[from:len(buf):len(buf)], r.Data)
+		from = len(buf)
+	}
+	if from < len(buf) {
+		parts = append(parts, buf[from:len(buf):len(buf)])
+	}
+	return buf, parts
 }
 
 // DecodeBatch decodes and validates a batch. Record data aliases buf.

@@ -182,6 +182,10 @@ type Conn struct {
 	// lastDecoded says the last payload ReadFrame returned lives in dbuf
 	// (it was compressed), not in rbuf.
 	lastDecoded bool
+	// lastSum is the checksum the last frame read arrived with, and
+	// lastSumRaw whether it covers the payload ReadFrame returned.
+	lastSum    uint32
+	lastSumRaw bool
 
 	// Counters for reporting compression ratio; guarded by wmu.
 	rawOut, wireOut uint64
@@ -208,6 +212,11 @@ func NewConn(rw io.ReadWriter) *Conn {
 // compression does not shrink the payload it is sent raw, so incompressible
 // data costs only the attempt.
 func (c *Conn) WriteFrame(t Type, payload []byte, codec Codec) error {
+	return c.writeFrame(t, payload, codec, 0, false)
+}
+
+// writeFrame is WriteFrame with the payload's CRC-32C when known.
+func (c *Conn) writeFrame(t Type, payload []byte, codec Codec, sum uint32, known bool) error {
 	if len(payload) > MaxPayload {
 		return fmt.Errorf("wire: %s frame of %d bytes exceeds limit %d", t, len(payload), MaxPayload)
 	}
@@ -238,21 +247,74 @@ func (c *Conn) WriteFrame(t Type, payload []byte, codec Codec) error {
 			body, used = c.wbuf, CodecS2
 		}
 	}
-	encodeHeader(c.hdr[:], Header{Type: t, Codec: used, Length: uint32(len(body)), RawLen: uint32(len(payload)), PCRC: crc32.Checksum(body, castagnoli)})
-	c.rawOut += uint64(len(payload)) + HeaderSize
-	c.wireOut += uint64(len(body)) + HeaderSize
-	if _, err := c.bw.Write(c.hdr[:]); err != nil {
-		return fmt.Errorf("wire: writing %s header: %w", t, err)
+	crc := sum
+	if used != CodecNone || !known {
+		crc = crc32.Checksum(body, castagnoli)
 	}
-	if _, err := c.bw.Write(body); err != nil {
-		return fmt.Errorf("wire: writing %s payload: %w", t, err)
+	return c.writeLocked(Header{Type: t, Codec: used, Length: uint32(len(body)), RawLen: uint32(len(payload)), PCRC: crc}, body)
+}
+
+// WriteFrameSum sends one uncompressed frame whose payload's CRC-32C the
+// caller already has: the checksum a frame arrived with, when the payload
+// is forwarded unchanged. Passing it on instead of computing it again saves
+// a pass over the data and makes the check end to end: a payload damaged in
+// memory between the two links is refused by the next peer.
+func (c *Conn) WriteFrameSum(t Type, payload []byte, sum uint32) error {
+	return c.writeFrame(t, payload, CodecNone, sum, true)
+}
+
+// WriteFrameParts sends one uncompressed frame whose payload is the
+// concatenation of parts, without joining them first: a batch of large
+// copies goes from the buffers it was read into straight to the stream.
+func (c *Conn) WriteFrameParts(t Type, parts [][]byte) error {
+	n := 0
+	var crc uint32
+	for _, p := range parts {
+		n += len(p)
+		crc = crc32.Update(crc, castagnoli, p)
+	}
+	if n > MaxPayload {
+		return fmt.Errorf("wire: %s frame of %d bytes exceeds limit %d", t, n, MaxPayload)
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.writeLocked(Header{Type: t, Codec: CodecNone, Length: uint32(n), RawLen: uint32(n), PCRC: crc}, parts...)
+}
+
+// directWrite is the part size from which a part goes to the stream itself
+// rather than through the frame buffer: copying megabytes into the buffer
+// only to hand them on costs a pass over memory, while a small part alone
+// would become a record of its own on a TLS stream.
+const directWrite = 64 << 10
+
+// writeLocked sends a frame header and its payload parts. Caller holds wmu.
+func (c *Conn) writeLocked(h Header, parts ...[]byte) error {
+	encodeHeader(c.hdr[:], h)
+	c.rawOut += uint64(h.RawLen) + HeaderSize
+	c.wireOut += uint64(h.Length) + HeaderSize
+	if _, err := c.bw.Write(c.hdr[:]); err != nil {
+		return fmt.Errorf("wire: writing %s header: %w", h.Type, err)
+	}
+	for _, p := range parts {
+		if len(p) < directWrite {
+			if _, err := c.bw.Write(p); err != nil {
+				return fmt.Errorf("wire: writing %s payload: %w", h.Type, err)
+			}
+			continue
+		}
+		if err := c.bw.Flush(); err != nil {
+			return fmt.Errorf("wire: writing %s payload: %w", h.Type, err)
+		}
+		if _, err := c.rw.Write(p); err != nil {
+			return fmt.Errorf("wire: writing %s payload: %w", h.Type, err)
+		}
 	}
 	if err := c.bw.Flush(); err != nil {
-		return fmt.Errorf("wire: flushing %s frame: %w", t, err)
+		return fmt.Errorf("wire: flushing %s frame: %w", h.Type, err)
 	}
 	if c.flusher != nil {
 		if err := c.flusher.Flush(); err != nil {
-			return fmt.Errorf("wire: flushing %s frame: %w", t, err)
+			return fmt.Errorf("wire: flushing %s frame: %w", h.Type, err)
 		}
 	}
 	return nil
@@ -284,7 +346,7 @@ func (c *Conn) ReadFrame() (Type, []byte, error) {
 		c.rbuf = c.pool.Get(int(h.Length))
 	}
 	body := c.rbuf[:h.Length]
-	if _, err := io.ReadFull(c.br, body); err != nil {
+	if err := c.readBody(body); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
 			return 0, nil, fmt.Errorf("wire: %w: %s frame truncated (wanted %d payload bytes)", ErrCorrupt, h.Type, h.Length)
 		}
@@ -295,8 +357,31 @@ func (c *Conn) ReadFrame() (Type, []byte, error) {
 		return 0, nil, err
 	}
 	c.lastDecoded = h.Codec != CodecNone
+	c.lastSum, c.lastSumRaw = h.PCRC, h.Codec == CodecNone
 	return h.Type, payload, nil
 }
+
+// readBody fills body from what the read buffer holds and, for a large
+// remainder, from the stream itself: the buffer serves the small frames
+// and headers, and passing megabytes through it would copy them once more.
+func (c *Conn) readBody(body []byte) error {
+	n := 0
+	if k := min(c.br.Buffered(), len(body)); k > 0 {
+		n, _ = c.br.Read(body[:k]) // k bytes are buffered: no error, no short read
+	}
+	rest := body[n:]
+	if len(rest) < directWrite {
+		_, err := io.ReadFull(c.br, rest)
+		return err
+	}
+	_, err := io.ReadFull(c.rw, rest) // the buffer is empty
+	return err
+}
+
+// LastSum is the CRC-32C of the last payload ReadFrame returned, for
+// WriteFrameSum; ok is false when that payload was decompressed (the
+// frame's checksum covered the compressed bytes).
+func (c *Conn) LastSum() (sum uint32, ok bool) { return c.lastSum, c.lastSumRaw }
 
 // Keep returns data as a buffer the connection will not reuse, for a
 // payload that must outlive the next read (copies relayed in memory): the

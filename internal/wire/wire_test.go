@@ -3,6 +3,8 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"hash/crc32"
+	"io"
 	"math/rand/v2"
 	"testing"
 )
@@ -46,6 +48,101 @@ func TestBatchRoundTrip(t *testing.T) {
 				t.Fatalf("record %d: %+v != %+v", j, g, w)
 			}
 		}
+	}
+}
+
+// TestBatchPartsEqualAppendBatch: the parts a batch is sent in, joined,
+// are the encoding DecodeBatch reads, whichever data is referred to; and
+// WriteFrameParts frames them like WriteFrame frames the whole.
+func TestBatchPartsEqualAppendBatch(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	var buf []byte
+	var parts [][]byte
+	for i := 0; i < 200; i++ {
+		b := sampleBatch(r, r.IntN(20))
+		want := AppendBatch(nil, &b)
+		minRef := []int{0, 1, 100, 4096, 1 << 20}[r.IntN(5)]
+		buf, parts = BatchParts(buf, parts, &b, minRef)
+		var got []byte
+		for _, p := range parts {
+			got = append(got, p...)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("batch %d (minRef %d): parts joined differ from AppendBatch (%d vs %d bytes)", i, minRef, len(got), len(want))
+		}
+		var whole, split bytes.Buffer
+		if err := NewConn(&whole).WriteFrame(TypeBatch, want, CodecNone); err != nil {
+			t.Fatal(err)
+		}
+		if err := NewConn(&split).WriteFrameParts(TypeBatch, parts); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(whole.Bytes(), split.Bytes()) {
+			t.Fatalf("batch %d: WriteFrameParts wrote a different frame than WriteFrame", i)
+		}
+	}
+}
+
+// TestFramesOfEverySizeInterleaved: large payloads pass the frame buffer
+// both ways (written to the stream itself, read from it once the buffer
+// is drained); frames around that threshold, small frames between them
+// and a checksum passed on must all arrive whole and in order.
+func TestFramesOfEverySizeInterleaved(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	sizes := []int{0, 1, 24, directWrite - 1, directWrite, directWrite + 1, 1 << 20, 3<<20 + 17, 8 << 20}
+	var stream bytes.Buffer
+	w := NewConn(&stream)
+	var want [][]byte
+	for i := 0; i < 60; i++ {
+		p := make([]byte, sizes[r.IntN(len(sizes))])
+		for j := range p {
+			p[j] = byte(r.Uint32())
+		}
+		want = append(want, p)
+		var err error
+		switch i % 3 {
+		case 0:
+			err = w.WriteFrame(TypeBatch, p, CodecNone)
+		case 1:
+			cut := r.IntN(len(p) + 1)
+			err = w.WriteFrameParts(TypeBatch, [][]byte{p[:cut], p[cut:]})
+		case 2:
+			err = w.WriteFrameSum(TypeBatch, p, crc32.Checksum(p, castagnoli))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	rd := NewConn(&stream)
+	for i, p := range want {
+		typ, got, err := rd.ReadFrame()
+		if err != nil {
+			t.Fatalf("frame %d (%d bytes): %v", i, len(p), err)
+		}
+		if typ != TypeBatch || !bytes.Equal(got, p) {
+			t.Fatalf("frame %d (%d bytes): got %s of %d bytes, different", i, len(p), typ, len(got))
+		}
+		if sum, ok := rd.LastSum(); !ok || sum != crc32.Checksum(p, castagnoli) {
+			t.Fatalf("frame %d: LastSum %#x %v", i, sum, ok)
+		}
+	}
+	if _, _, err := rd.ReadFrame(); !errors.Is(err, io.EOF) {
+		t.Fatalf("after the last frame: %v, want EOF", err)
+	}
+}
+
+// TestWrongSumPassedOnIsRefused: a payload changed after its checksum was
+// taken (what WriteFrameSum guards against) is refused by the next peer.
+func TestWrongSumPassedOnIsRefused(t *testing.T) {
+	var stream bytes.Buffer
+	p := bytes.Repeat([]byte{7}, 100<<10)
+	sum := crc32.Checksum(p, castagnoli)
+	p[5000] ^= 1
+	if err := NewConn(&stream).WriteFrameSum(TypeBatch, p, sum); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := NewConn(&stream).ReadFrame(); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("damaged payload with its old checksum: %v, want ErrCorrupt", err)
 	}
 }
 
