@@ -156,3 +156,33 @@ func TestBoundedClasses(t *testing.T) {
 		t.Fatalf("a 4 MiB copy's frame: class %d of %d bytes, want 5 MiB", c, size)
 	}
 }
+
+// TestBoundedLendsASpareUpToAnOctaveLarger: a request whose class is empty
+// takes a spare of a larger class within twice its size rather than a
+// fresh buffer, and never one beyond that.
+func TestBoundedLendsASpareUpToAnOctaveLarger(t *testing.T) {
+	p := NewBounded(1 << 30)
+	five := p.Get(5 << 20)
+	p.Put(five)
+	if b := p.Get(2 << 20); &b[:1][0] == &five[:1][0] {
+		t.Fatal("a 2 MiB request took a 5 MiB spare")
+	}
+	b := p.Get(3 << 20)
+	if len(b) != 3<<20 || cap(b) != 5<<20 || &b[0] != &five[:1][0] {
+		t.Fatalf("a 3 MiB request with a 5 MiB spare: len %d cap %d, not the spare", len(b), cap(b))
+	}
+	p.Put(b) // back to the 5 MiB class, by its capacity
+	if again := p.Get(5 << 20); &again[0] != &five[:1][0] {
+		t.Fatal("the spare did not return to its own class")
+	}
+	small := p.Get(4096)
+	p.Put(small)
+	if b := p.Get(4096 / 2); &b[0] != &small[0] {
+		t.Fatal("a small request did not take its class's spare")
+	}
+	sixteen := p.Get(16 << 10)
+	p.Put(sixteen)
+	if b := p.Get(4096); &b[0] == &sixteen[0] {
+		t.Fatal("a 4 KiB request took a 16 KiB spare (more than an octave)")
+	}
+}

@@ -103,8 +103,14 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 		if err := json.Unmarshal(b, &m.cp); err != nil {
 			return nil, fmt.Errorf("machine %s: corrupt %s: %w", name, stateFile, err)
 		}
+		// The disks a Hello describes are checked against these before
+		// anything is opened or written.
+		var have []wire.DiskInfo
+		for i, d := range m.cp.Disks {
+			have = append(have, wire.DiskInfo{Index: uint16(i), Name: d.Name, Size: d.Size})
+		}
 		if disks != nil {
-			if err := m.checkDisks(disks); err != nil {
+			if err := (&machine{name: name, layout: have}).checkDisks(disks); err != nil {
 				return nil, err
 			}
 		}
