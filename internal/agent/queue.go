@@ -17,6 +17,7 @@ type qrec struct {
 	disk   *disk
 	buf    *[]byte    // the pooled buffer Data lies in (captured writes), nil otherwise
 	shared *sharedBuf // the copy read buffer Data lies in, nil otherwise
+	batch  uint64     // the queue's batch (nextBatch) that took it last; 0: not taken
 }
 
 // sharedBuf is a copy read buffer that several queued copy records point
@@ -52,12 +53,14 @@ func (q *queue) releaseLocked(r *qrec) {
 	q.unshareLocked(r.shared)
 }
 
-// dropLocked gives back the data of the record at index i of q.recs, which
-// is being dropped, unless the sender may be sending it right now (it took
-// every record below q.sent): then the release waits for encoded, so the
-// buffer is not lent to a new write mid-send.
-func (q *queue) dropLocked(r *qrec, i int) {
-	if q.encoding && i < q.sent {
+// dropLocked gives back the data of a record being dropped, unless it is
+// in the batch the sender is sending right now: then the release waits for
+// encoded, so the buffer is not lent to a new write mid-send. Only that
+// batch: a send can block for as long as the process server does not read,
+// and an overflow meanwhile drops the whole queue, whose buffers would
+// otherwise all wait, while new writes took new ones.
+func (q *queue) dropLocked(r *qrec) {
+	if q.encoding && r.batch == q.batchSeq {
 		q.afterEncode = append(q.afterEncode, qrec{buf: r.buf, shared: r.shared})
 		return
 	}
@@ -121,6 +124,7 @@ type queue struct {
 	// done, instead of lending them to a new write mid-send.
 	bufs        bufpool.Pool
 	encoding    bool
+	batchSeq    uint64 // numbers the batches nextBatch hands out
 	afterEncode []qrec
 }
 
@@ -347,8 +351,8 @@ func (q *queue) overflowLocked() {
 		q.disks[0].a.log.Warn("change queue full: falling back to the dirty bitmap until the process server catches up", "queued_bytes", q.bytes, "limit", q.limit, "cached_seq", q.cached)
 	}
 	disks := map[*disk]bool{}
-	for i, r := range q.recs[q.head:] {
-		q.dropLocked(&r, q.head+i)
+	for _, r := range q.recs[q.head:] {
+		q.dropLocked(&r)
 		if r.disk == nil {
 			continue
 		}
@@ -401,7 +405,7 @@ func (q *queue) requeueCopiesLocked() {
 			}
 			if r.Op == wire.OpCopy || r.Op == wire.OpCopyZero {
 				q.bytes -= int64(len(r.Data)) + 64
-				q.dropLocked(&r, i)
+				q.dropLocked(&r)
 				continue
 			}
 			kept = append(kept, r)
@@ -447,7 +451,7 @@ func (q *queue) ack(a wire.Ack) {
 		// The process server may acknowledge records this session has
 		// not sent yet (it cached them from an earlier session whose ack
 		// was lost): the sender may be copying them now.
-		q.dropLocked(r, i)
+		q.dropLocked(r)
 		q.recs[i] = qrec{}
 		i++
 	}
@@ -529,7 +533,9 @@ func (q *queue) nextBatch(ctx context.Context, maxBytes int) (wire.Batch, error)
 	// master target pass copy batches by their durable logs (internal/relay),
 	// which only works for whole batches.
 	copies := !q.recs[q.sent].Op.Captured()
+	q.batchSeq++
 	for q.sent < len(q.recs) && (size == 0 || size+len(q.recs[q.sent].Data) <= maxBytes) && len(b.Records) < 65536 {
+		q.recs[q.sent].batch = q.batchSeq
 		r := q.recs[q.sent].Record
 		if !r.Op.Captured() != copies {
 			break

@@ -170,6 +170,51 @@ func TestOverflowDuringEncodingKeepsBatchBytes(t *testing.T) {
 	}
 }
 
+// A send may block for as long as the process server does not read (its
+// cache full), and the queue may overflow meanwhile: only the buffers of
+// the batch being sent may wait for the send, not those of batches sent
+// before, or the agent would hold a second queue's worth of buffers while
+// new writes took new ones.
+func TestOverflowDuringSendHoldsOnlyThatBatch(t *testing.T) {
+	a, d := newTestAgent(t, 1<<20)
+	ctx := context.Background()
+	_, first := takeEightWrites(t, a, d)
+	a.q.encoded() // sent, not yet acknowledged
+	for i := range 4 {
+		if err := d.WriteAt(ctx, bytes.Repeat([]byte{byte(0x30 + i)}, 64<<10), int64(1<<20+i<<16), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := a.q.nextBatch(ctx, 64<<20) // being sent: encoded not called
+	if err != nil {
+		t.Fatal(err)
+	}
+	second := capturedOnly(b.Records)
+	if len(second) != 4 {
+		t.Fatalf("second batch holds %d writes, want 4", len(second))
+	}
+	for i := range 32 { // more than the queue holds: it overflows
+		if err := d.WriteAt(ctx, bytes.Repeat([]byte{0xAA}, 64<<10), int64(2<<20+i<<16), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if st := a.q.stats(); !st.BitmapMode || st.Overflows == 0 {
+		t.Fatalf("queue did not overflow: %+v", st)
+	}
+	a.q.mu.Lock()
+	held := len(a.q.afterEncode)
+	a.q.mu.Unlock()
+	if held != len(b.Records) {
+		t.Fatalf("%d records' buffers wait for the send, want the %d of the batch being sent (the %d sent before were released)", held, len(b.Records), len(first))
+	}
+	for i, r := range second {
+		if !bytes.Equal(r.Data, bytes.Repeat([]byte{byte(0x30 + i)}, 64<<10)) {
+			t.Fatalf("record %d of the batch being sent was overwritten after the overflow", i)
+		}
+	}
+	a.q.encoded()
+}
+
 // The process server may acknowledge records the sender has taken but not
 // sent (it cached them in an earlier session whose ack was lost): their
 // buffers must not go to new writes while the sender copies them. Seen as
