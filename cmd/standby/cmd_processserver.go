@@ -39,6 +39,7 @@ func processServerCmd() *cobra.Command {
 	f.StringVar(&c.MasterTarget, "master-target", "", "master target address host:port")
 	f.Int64Var(&c.CacheBytes, "cache-bytes", 0, "cache bound per machine (default 2 GiB)")
 	f.Int64Var(&c.RelayBytes, "relay-bytes", 0, "memory per machine for copies forwarded without the cache (default 32 MiB; -1 sends them through the cache)")
+	f.Int64Var(&c.RelayTotalBytes, "relay-total-bytes", 0, "memory for such copies of all machines together; past it they go through the cache (default 64 MiB)")
 	f.StringVar(&c.Compression, "compression", "", "none, s2, zstd or adaptive (default adaptive)")
 	f.Int64Var(&c.BandwidthLimit, "bandwidth", 0, "bytes per second toward the master target (0: unlimited)")
 	f.StringVar(&c.StatusListen, "status", "", "status/metrics HTTP listener host:port (loopback)")

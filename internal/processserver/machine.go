@@ -19,7 +19,7 @@ type machine struct {
 	name  string
 	log   *seglog.Log
 	relay *relay.Queue     // copies on their way to the master target, not cached
-	bufs  *wire.BufferPool // relayed frames' buffers, back from the forwarder once sent
+	bufs  *wire.BufferPool // relayed frames' buffers (the server's, shared), back from the forwarder once sent
 	wg    sync.WaitGroup
 
 	mu          sync.Mutex
@@ -245,6 +245,11 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, s
 		it := relay.Item{First: b.First, Last: b.Last, LogBefore: m.logLast, Sum: sum, HasSum: sumOK}
 		m.mu.Unlock()
 		if !up {
+			return false, nil
+		}
+		if !m.s.relayBudget.Fits(int64(len(data))) {
+			// Other machines' copies hold the memory: the cache takes
+			// this batch rather than the session waiting for them.
 			return false, nil
 		}
 		if own == nil {

@@ -44,6 +44,11 @@ type Config struct {
 	// When it is full or the master target is away, copies go through the
 	// cache like captured writes. 0 means 32 MiB; negative turns it off.
 	RelayBytes int64 `yaml:"relay_bytes"`
+	// RelayTotalBytes bounds the copies held in memory for all machines
+	// together, so the process server's memory does not grow with the
+	// number of machines copying at once: a batch that does not fit goes
+	// through the cache. 0 means 64 MiB.
+	RelayTotalBytes int64 `yaml:"relay_total_bytes"`
 	// Compression: none, s2, zstd or adaptive (zstd while the link is the
 	// bottleneck, s2 while the CPU is).
 	Compression string `yaml:"compression"`
@@ -63,6 +68,11 @@ type Server struct {
 	limiter *rate.Limiter
 	// loopbackMT: the master target is on this machine (see chooseCodec).
 	loopbackMT bool
+	// relayBudget and bufs are shared by every machine: the memory for
+	// relayed copies and spare frame buffers stays the same however many
+	// machines the process server serves.
+	relayBudget *relay.Budget
+	bufs        *wire.BufferPool
 
 	mu       sync.Mutex
 	machines map[string]*machine
@@ -81,6 +91,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RelayBytes == 0 {
 		cfg.RelayBytes = 32 << 20
 	}
+	if cfg.RelayTotalBytes == 0 {
+		cfg.RelayTotalBytes = 64 << 20
+	}
 	if cfg.Compression == "" {
 		cfg.Compression = "adaptive"
 	}
@@ -95,7 +108,8 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Name == "" {
 		cfg.Name = "ps"
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "process-server"), machines: map[string]*machine{}, loopbackMT: localnet.IsLoopback(cfg.MasterTarget)}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "process-server"), machines: map[string]*machine{}, loopbackMT: localnet.IsLoopback(cfg.MasterTarget),
+		relayBudget: relay.NewBudget(max(cfg.RelayTotalBytes, 0)), bufs: wire.NewBufferPool(48 << 20)}
 	if cfg.BandwidthLimit > 0 {
 		s.limiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), int(max(cfg.BandwidthLimit/10, 8<<20)))
 	}
@@ -223,7 +237,7 @@ func (s *Server) openMachine(h wire.Hello) (*machine, error) {
 		return nil, fmt.Errorf("opening cache of %s: %w", h.Machine, err)
 	}
 	st := lg.Stats()
-	m := &machine{s: s, name: h.Machine, hello: h, log: lg, relay: relay.NewQueue(max(s.cfg.RelayBytes, 0)), bufs: wire.NewBufferPool(48 << 20), lastSeq: st.LastSeq, logLast: st.LastSeq, notify: make(chan struct{}, 1)}
+	m := &machine{s: s, name: h.Machine, hello: h, log: lg, relay: relay.NewSharedQueue(max(s.cfg.RelayBytes, 0), s.relayBudget), bufs: s.bufs, lastSeq: st.LastSeq, logLast: st.LastSeq, notify: make(chan struct{}, 1)}
 	s.machines[h.Machine] = m
 	if s.runCtx != nil {
 		// Run already started: start forwarding now (Run starts the others).
@@ -322,19 +336,24 @@ type MachineStatus struct {
 
 // Status of the process server.
 type Status struct {
-	Role         string          `json:"role"`
-	Name         string          `json:"name"`
-	Listen       string          `json:"listen"`
-	MasterTarget string          `json:"master_target"`
-	Compression  string          `json:"compression"`
-	Bandwidth    int64           `json:"bandwidth_limit,omitempty"`
-	Machines     []MachineStatus `json:"machines"`
+	Role         string `json:"role"`
+	Name         string `json:"name"`
+	Listen       string `json:"listen"`
+	MasterTarget string `json:"master_target"`
+	Compression  string `json:"compression"`
+	Bandwidth    int64  `json:"bandwidth_limit,omitempty"`
+	// RelayBytes is the copies held in memory for all machines, at most
+	// RelayLimit (plus one batch when a single batch is larger).
+	RelayBytes int64           `json:"relay_bytes"`
+	RelayLimit int64           `json:"relay_limit_bytes"`
+	Machines   []MachineStatus `json:"machines"`
 }
 
 // Status reports the process server's state now.
 func (s *Server) Status() Status {
 	s.mu.Lock()
-	st := Status{Role: "process-server", Name: s.cfg.Name, Listen: s.addr, MasterTarget: s.cfg.MasterTarget, Compression: s.cfg.Compression, Bandwidth: s.cfg.BandwidthLimit}
+	st := Status{Role: "process-server", Name: s.cfg.Name, Listen: s.addr, MasterTarget: s.cfg.MasterTarget, Compression: s.cfg.Compression, Bandwidth: s.cfg.BandwidthLimit,
+		RelayBytes: s.relayBudget.Used(), RelayLimit: s.cfg.RelayTotalBytes}
 	ms := make([]*machine, 0, len(s.machines))
 	for _, m := range s.machines {
 		ms = append(ms, m)

@@ -19,6 +19,7 @@ package relay
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 
 	"standby/internal/seglog"
 )
@@ -36,9 +37,56 @@ type Item struct {
 	HasSum bool
 }
 
+// Budget bounds the bytes several queues hold together: a process server
+// relays the copies of every machine it serves, and a bound per machine
+// alone would let its memory grow with the number of machines. A batch
+// that does not fit the budget goes through the durable log instead.
+type Budget struct {
+	limit int64
+	used  atomic.Int64
+}
+
+// NewBudget lets the queues sharing it hold limit bytes in all.
+func NewBudget(limit int64) *Budget { return &Budget{limit: limit} }
+
+// Used is what the queues sharing the budget hold now.
+func (b *Budget) Used() int64 { return b.used.Load() }
+
+// Fits reports whether n more bytes fit now (an empty budget takes any
+// one batch, so a batch larger than the budget still passes alone).
+func (b *Budget) Fits(n int64) bool {
+	if b == nil {
+		return true
+	}
+	u := b.used.Load()
+	return u == 0 || u+n <= b.limit
+}
+
+func (b *Budget) take(n int64) bool {
+	if b == nil {
+		return true
+	}
+	for {
+		u := b.used.Load()
+		if u > 0 && u+n > b.limit {
+			return false
+		}
+		if b.used.CompareAndSwap(u, u+n) {
+			return true
+		}
+	}
+}
+
+func (b *Budget) give(n int64) {
+	if b != nil {
+		b.used.Add(-n)
+	}
+}
+
 // Queue is a bounded FIFO of copy batches in sequence order.
 type Queue struct {
-	limit int64
+	limit  int64
+	budget *Budget // shared with other queues; nil: none
 
 	mu     sync.Mutex
 	items  []Item
@@ -50,6 +98,14 @@ type Queue struct {
 // NewQueue holds at most limit bytes of batch data.
 func NewQueue(limit int64) *Queue {
 	return &Queue{limit: limit, signal: make(chan struct{})}
+}
+
+// NewSharedQueue holds at most limit bytes of batch data, and no more than
+// the budget it shares with other queues allows.
+func NewSharedQueue(limit int64, b *Budget) *Queue {
+	q := NewQueue(limit)
+	q.budget = b
+	return q
 }
 
 func (q *Queue) changedLocked() {
@@ -65,12 +121,16 @@ func (q *Queue) Changed() <-chan struct{} {
 }
 
 // TryPush appends it if there is room (an empty queue always has room, so
-// a batch larger than the limit still passes alone).
+// a batch larger than the limit still passes alone) and the shared budget
+// allows it.
 func (q *Queue) TryPush(it Item) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	n := int64(len(it.Data))
 	if q.bytes > 0 && q.bytes+n > q.limit {
+		return false
+	}
+	if !q.budget.take(n) {
 		return false
 	}
 	q.items = append(q.items, it)
@@ -111,7 +171,9 @@ func (q *Queue) Pop() {
 	if q.head == len(q.items) {
 		return
 	}
-	q.bytes -= int64(len(q.items[q.head].Data))
+	n := int64(len(q.items[q.head].Data))
+	q.bytes -= n
+	q.budget.give(n)
 	q.items[q.head] = Item{}
 	q.head++
 	if q.head == len(q.items) {
@@ -125,6 +187,7 @@ func (q *Queue) Reset() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	n := len(q.items) - q.head
+	q.budget.give(q.bytes)
 	clear(q.items)
 	q.items, q.head, q.bytes = q.items[:0], 0, 0
 	q.changedLocked()

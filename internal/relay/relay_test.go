@@ -164,3 +164,38 @@ func TestQueueBound(t *testing.T) {
 		t.Fatal("room after pop refused")
 	}
 }
+
+// Queues sharing a budget hold no more than it together: a full budget
+// refuses a batch even to a queue with room of its own, pops and resets
+// give the room back, and an empty budget takes any one batch.
+func TestSharedBudget(t *testing.T) {
+	b := NewBudget(10)
+	q1, q2 := NewSharedQueue(8, b), NewSharedQueue(8, b)
+	if !q1.TryPush(Item{Data: make([]byte, 6)}) {
+		t.Fatal("an empty budget refused a batch")
+	}
+	if b.Fits(5) || q2.TryPush(Item{Data: make([]byte, 5)}) {
+		t.Fatal("a second queue went past the shared budget (6 + 5 > 10)")
+	}
+	if !b.Fits(4) || !q2.TryPush(Item{Data: make([]byte, 4)}) {
+		t.Fatal("room left in the budget refused")
+	}
+	if b.Used() != 10 {
+		t.Fatalf("budget used %d, want 10", b.Used())
+	}
+	q1.Pop()
+	if b.Used() != 4 {
+		t.Fatalf("after a pop the budget holds %d, want 4", b.Used())
+	}
+	if q2.Reset() != 1 || b.Used() != 0 {
+		t.Fatalf("after a reset the budget holds %d, want 0", b.Used())
+	}
+	if !b.Fits(100) || !q1.TryPush(Item{Data: make([]byte, 100)}) {
+		t.Fatal("an empty budget must take a batch larger than itself")
+	}
+	q1.Pop()
+	var unshared *Budget
+	if !unshared.Fits(1 << 40) {
+		t.Fatal("a nil budget bounds nothing")
+	}
+}

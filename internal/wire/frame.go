@@ -176,9 +176,11 @@ type Conn struct {
 	wbuf []byte
 	hdr  [HeaderSize]byte
 
-	zdec *zstd.Decoder
-	rbuf []byte
-	dbuf []byte
+	dmu    sync.Mutex // guards zdec and closed: Close may come from another goroutine
+	zdec   *zstd.Decoder
+	closed bool
+	rbuf   []byte
+	dbuf   []byte
 	// lastDecoded says the last payload ReadFrame returned lives in dbuf
 	// (it was compressed), not in rbuf.
 	lastDecoded bool
@@ -411,16 +413,9 @@ func (c *Conn) decodeBody(h Header, body []byte) ([]byte, error) {
 	case CodecNone:
 		return body, nil
 	case CodecZstd:
-		if c.zdec == nil {
-			d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxPayload))
-			if err != nil {
-				return nil, fmt.Errorf("wire: creating zstd decoder: %w", err)
-			}
-			c.zdec = d
-		}
-		out, err := c.zdec.DecodeAll(body, c.dbuf[:0])
+		out, err := c.decodeZstd(body)
 		if err != nil {
-			return nil, fmt.Errorf("wire: %w: zstd: %v", ErrCorrupt, err)
+			return nil, err
 		}
 		c.dbuf = out
 	case CodecS2:
@@ -443,12 +438,36 @@ func (c *Conn) decodeBody(h Header, body []byte) ([]byte, error) {
 	return c.dbuf, nil
 }
 
+// decodeZstd decompresses a zstd payload into dbuf's storage, holding dmu
+// so that Close from another goroutine does not free the decoder under it.
+func (c *Conn) decodeZstd(body []byte) ([]byte, error) {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if c.closed {
+		return nil, errors.New("wire: connection closed")
+	}
+	if c.zdec == nil {
+		d, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(1), zstd.WithDecoderMaxMemory(MaxPayload))
+		if err != nil {
+			return nil, fmt.Errorf("wire: creating zstd decoder: %w", err)
+		}
+		c.zdec = d
+	}
+	out, err := c.zdec.DecodeAll(body, c.dbuf[:0])
+	if err != nil {
+		return nil, fmt.Errorf("wire: %w: zstd: %v", ErrCorrupt, err)
+	}
+	return out, nil
+}
+
 // Buffered is how many received bytes wait in the read buffer: a receiver
 // uses it to append several frames under one fsync (group commit) when the
 // sender is ahead.
 func (c *Conn) Buffered() int { return c.br.Buffered() }
 
-// Close releases codec state.
+// Close releases codec state. It may be called more than once, and from
+// another goroutine than the reader's (a session's watcher and its own
+// defer both close): the decoder is closed once, never under a decode.
 func (c *Conn) Close() {
 	c.wmu.Lock()
 	if c.zenc != nil {
@@ -456,7 +475,11 @@ func (c *Conn) Close() {
 		c.zenc = nil
 	}
 	c.wmu.Unlock()
+	c.dmu.Lock()
 	if c.zdec != nil {
 		c.zdec.Close()
+		c.zdec = nil
 	}
+	c.closed = true
+	c.dmu.Unlock()
 }

@@ -296,3 +296,32 @@ func TestKeepHandsOverThePayload(t *testing.T) {
 		t.Fatalf("the next read overwrote a kept payload: %q", kept)
 	}
 }
+
+// A session's connection is closed by two goroutines (its watcher and its
+// own defer), after zstd frames were read: a data race on the decoder
+// before (found by TestManyAgentsAtOnce under the race detector, where the
+// process server compresses with zstd while it waits for bandwidth). Both
+// closes and a read after them must be safe.
+func TestCloseConcurrentlyAfterZstd(t *testing.T) {
+	var stream bytes.Buffer
+	w := NewConn(&stream)
+	payload := bytes.Repeat([]byte("compressible "), 10000)
+	for range 2 {
+		if err := w.WriteFrame(TypeBatch, payload, CodecZstd); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := NewConn(&stream)
+	if _, got, err := r.ReadFrame(); err != nil || !bytes.Equal(got, payload) {
+		t.Fatalf("first zstd frame: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { r.Close(); close(done) }()
+	r.Close()
+	<-done
+	if _, _, err := r.ReadFrame(); err == nil {
+		t.Fatal("a zstd frame was decoded after Close")
+	}
+	w.Close()
+	w.Close()
+}
