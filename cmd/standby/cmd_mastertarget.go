@@ -37,6 +37,7 @@ func masterTargetCmd() *cobra.Command {
 	f.StringVar(&c.DataDir, "data-dir", "", "directory of replicas, intake logs and checkpoints")
 	f.DurationVar(&c.SyncInterval, "sync-interval", 0, "replica fsync/checkpoint interval (default 1s)")
 	f.Int64Var(&c.RelayBytes, "relay-bytes", 0, "memory per machine for copies applied without the intake log (default 32 MiB; -1 logs them)")
+	f.Int64Var(&c.RelayTotalBytes, "relay-total-bytes", 0, "memory for such copies of all machines together; past it they go to the intake log (default 64 MiB)")
 	f.StringVar(&c.StatusListen, "status", "", "status/metrics/API listener host:port (loopback) or unix:PATH")
 	f.DurationVar(&c.PointInterval, "point-interval", 0, "spacing of crash-consistent recovery points (default 5s, at least 1s)")
 	f.StringVar(&c.Retention, "retention", "", "thinning grid INTERVAL:WITHIN,... (default all:1h,10m:24h,1h:168h)")

@@ -95,7 +95,7 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 		return nil, fmt.Errorf("invalid machine name %q", name)
 	}
 	dir := filepath.Join(s.cfg.DataDir, name)
-	m := &machine{s: s, name: name, dir: dir, notify: make(chan struct{}, 1), relay: relay.NewQueue(max(s.cfg.RelayBytes, 0)), bufs: wire.NewBufferPool(96 << 20)}
+	m := &machine{s: s, name: name, dir: dir, notify: make(chan struct{}, 1), relay: relay.NewSharedQueue(max(s.cfg.RelayBytes, 0), s.relayBudget), bufs: s.bufs}
 	m.cond = sync.NewCond(&m.mu)
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	switch {
@@ -522,6 +522,12 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c
 			m.relaySpill = false
 		}
 		if (m.applyWaiting || m.relaySpill) && m.relay.Len() > 0 {
+			m.mu.Unlock()
+			return false, nil
+		}
+		if !m.s.relayBudget.Fits(int64(len(own))) {
+			// Other machines' copies hold the memory: the intake takes
+			// this batch rather than the session waiting for them.
 			m.mu.Unlock()
 			return false, nil
 		}

@@ -19,6 +19,7 @@ import (
 
 	"standby/internal/pki"
 	"standby/internal/points"
+	"standby/internal/relay"
 	"standby/internal/statusapi"
 	"standby/internal/transport"
 	"standby/internal/wire"
@@ -43,6 +44,10 @@ type Config struct {
 	// makes the agent read them again). 0 means 32 MiB; negative turns it
 	// off.
 	RelayBytes int64 `yaml:"relay_bytes"`
+	// RelayTotalBytes bounds such copies for all machines together, so the
+	// memory does not grow with the number of machines copying at once: a
+	// batch that does not fit goes to the intake log. 0 means 64 MiB.
+	RelayTotalBytes int64 `yaml:"relay_total_bytes"`
 	// PointInterval is the spacing of crash-consistent points (default
 	// 5s, at least 1s). Retention is a thinning grid "INTERVAL:WITHIN,..."
 	// (default "all:1h,10m:24h,1h:168h"); MaxAge drops anything older.
@@ -70,6 +75,11 @@ type Server struct {
 	policy points.Policy
 
 	exports exportJobs
+
+	// relayBudget and bufs are shared by every machine (see
+	// RelayTotalBytes); nil in tests that build a Server by hand.
+	relayBudget *relay.Budget
+	bufs        *wire.BufferPool
 
 	mu       sync.Mutex
 	machines map[string]*machine
@@ -100,6 +110,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.RelayBytes == 0 {
 		cfg.RelayBytes = 32 << 20
 	}
+	if cfg.RelayTotalBytes == 0 {
+		cfg.RelayTotalBytes = 64 << 20
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -119,7 +132,8 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("master target: %w", err)
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "master-target"), machines: map[string]*machine{}, views: map[string]*view{}, exports: exportJobs{jobs: map[string]*ExportJob{}}, policy: points.Policy{Grid: grid, MaxAge: cfg.MaxAge}}
+	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "master-target"), machines: map[string]*machine{}, views: map[string]*view{}, exports: exportJobs{jobs: map[string]*ExportJob{}}, policy: points.Policy{Grid: grid, MaxAge: cfg.MaxAge},
+		relayBudget: relay.NewBudget(max(cfg.RelayTotalBytes, 0)), bufs: wire.NewBufferPool(96 << 20)}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("master target: creating data dir: %w", err)
 	}
@@ -284,17 +298,24 @@ func (s *Server) machine(h wire.Hello) (*machine, error) {
 
 // Status of the master target.
 type Status struct {
-	Role     string          `json:"role"`
-	Name     string          `json:"name"`
-	Listen   string          `json:"listen"`
-	DataDir  string          `json:"data_dir"`
-	Machines []MachineStatus `json:"machines"`
+	Role    string `json:"role"`
+	Name    string `json:"name"`
+	Listen  string `json:"listen"`
+	DataDir string `json:"data_dir"`
+	// RelayBytes is the copies held in memory for all machines, at most
+	// RelayLimit (plus one batch when a single batch is larger).
+	RelayBytes int64           `json:"relay_bytes"`
+	RelayLimit int64           `json:"relay_limit_bytes"`
+	Machines   []MachineStatus `json:"machines"`
 }
 
 // Status reports the master target's state now.
 func (s *Server) Status() Status {
 	s.mu.Lock()
-	st := Status{Role: "master-target", Name: s.cfg.Name, Listen: s.addr, DataDir: s.cfg.DataDir}
+	st := Status{Role: "master-target", Name: s.cfg.Name, Listen: s.addr, DataDir: s.cfg.DataDir, RelayLimit: s.cfg.RelayTotalBytes}
+	if s.relayBudget != nil {
+		st.RelayBytes = s.relayBudget.Used()
+	}
 	ms := make([]*machine, 0, len(s.machines))
 	for _, m := range s.machines {
 		ms = append(ms, m)

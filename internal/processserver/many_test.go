@@ -23,10 +23,10 @@ import (
 // Several agents replicate through one process server to one master
 // target at once: each starts its initial copy at the same moment and is
 // written to while it copies. Every replica must end identical to its own
-// source, and the copies the process server holds in memory for all of
-// them together must stay within its shared relay budget (the rest goes
-// through its cache), so its memory does not grow with the number of
-// machines.
+// source, and the copies the process server and the master target hold
+// in memory for all of them together must stay within each one's shared
+// relay budget (the rest goes through the cache or the intake log), so
+// their memory does not grow with the number of machines.
 func TestManyAgentsAtOnce(t *testing.T) {
 	const (
 		machines   = 5
@@ -52,7 +52,8 @@ func TestManyAgentsAtOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mt, err := mastertarget.New(mastertarget.Config{Name: "mt1", Listen: mtAddr, DataDir: filepath.Join(dir, "mt"), StatusListen: mtStatus, ServerTLS: mtTLS, Logger: lg, NoJournal: true})
+	mt, err := mastertarget.New(mastertarget.Config{Name: "mt1", Listen: mtAddr, DataDir: filepath.Join(dir, "mt"), StatusListen: mtStatus, ServerTLS: mtTLS, Logger: lg, NoJournal: true,
+		RelayBytes: 8 << 20, RelayTotalBytes: relayTotal})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,14 +71,15 @@ func TestManyAgentsAtOnce(t *testing.T) {
 	}
 	start(t, ps.Run)
 
-	// Sample the process server's relay while everything runs.
-	var maxRelay int64
+	// Sample both servers' relays while everything runs.
+	var maxRelay, maxMTRelay int64
 	sampled := make(chan struct{})
 	ctx, stopSampling := context.WithCancel(context.Background())
 	go func() {
 		defer close(sampled)
 		for ctx.Err() == nil {
 			maxRelay = max(maxRelay, ps.Status().RelayBytes)
+			maxMTRelay = max(maxMTRelay, mt.Status().RelayBytes)
 			time.Sleep(2 * time.Millisecond)
 		}
 	}()
@@ -176,5 +178,8 @@ func TestManyAgentsAtOnce(t *testing.T) {
 	if maxRelay > relayTotal {
 		t.Fatalf("the process server held %d bytes of copies in memory for all machines, over its budget of %d", maxRelay, relayTotal)
 	}
-	t.Logf("%d machines identical; copies in memory at most %d of %d bytes", machines, maxRelay, relayTotal)
+	if maxMTRelay > relayTotal {
+		t.Fatalf("the master target held %d bytes of copies in memory for all machines, over its budget of %d", maxMTRelay, relayTotal)
+	}
+	t.Logf("%d machines identical; copies in memory at most %d (process server) and %d (master target) of %d bytes", machines, maxRelay, maxMTRelay, relayTotal)
 }
