@@ -535,11 +535,11 @@ func (q *queue) nextBatch(ctx context.Context, maxBytes int) (wire.Batch, error)
 	copies := !q.recs[q.sent].Op.Captured()
 	q.batchSeq++
 	for q.sent < len(q.recs) && (size == 0 || size+len(q.recs[q.sent].Data) <= maxBytes) && len(b.Records) < 65536 {
-		q.recs[q.sent].batch = q.batchSeq
 		r := q.recs[q.sent].Record
 		if !r.Op.Captured() != copies {
 			break
 		}
+		q.recs[q.sent].batch = q.batchSeq
 		b.Records = append(b.Records, r)
 		size += len(r.Data) + 24
 		q.sent++

@@ -623,3 +623,28 @@ func TestCleanStartResendsSyncDone(t *testing.T) {
 		t.Fatalf("%d sync-starts queued at a clean start, want 1", n)
 	}
 }
+
+// The record that ends a batch because it is of the other kind (a marker
+// after copies) is not in the batch: dropped during the send, its buffer
+// need not wait for it (found by review: it was tagged with the batch).
+func TestRecordAfterTheBatchIsNotHeldForItsSend(t *testing.T) {
+	q := newQueue(1, 1<<30, 0, 0)
+	buf := q.bufs.Get(4096)
+	q.pushCopy(nil, wire.Record{Op: wire.OpCopy, Length: 4096, Data: (*buf)[:4096]}, nil)
+	seq := q.pushMarker(nil, wire.Record{Op: wire.OpEpoch})
+	b, err := q.nextBatch(context.Background(), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Records) != 1 {
+		t.Fatalf("batch has %d records, want the copy alone", len(b.Records))
+	}
+	q.ack(wire.Ack{Cached: seq})
+	q.mu.Lock()
+	held := len(q.afterEncode)
+	q.mu.Unlock()
+	q.encoded()
+	if held != 1 {
+		t.Fatalf("%d records wait for the send, want 1 (the batch's own)", held)
+	}
+}

@@ -1,6 +1,6 @@
-// Package bufpool lends byte buffers in power-of-two size classes, so that
-// a 4 KiB write does not pin a 32 MiB buffer and a steady workload
-// allocates nothing.
+// Package bufpool lends byte buffers in size classes (powers of two for
+// Pool, quarter octaves for Bounded), so that a 4 KiB write does not pin a
+// 32 MiB buffer and a steady workload allocates nothing.
 //
 // On the development VM (a PVM guest whose freed memory goes back to the
 // host) the first touch of newly allocated memory is a fault in the host:

@@ -525,7 +525,7 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, c
 			m.mu.Unlock()
 			return false, nil
 		}
-		if !m.s.relayBudget.Fits(int64(len(own))) {
+		if !m.s.relayBudget.Fits(int64(cap(own))) {
 			// Other machines' copies hold the memory: the intake takes
 			// this batch rather than the session waiting for them.
 			m.mu.Unlock()

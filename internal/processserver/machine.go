@@ -247,7 +247,7 @@ func (m *machine) relayCopies(ctx context.Context, b *wire.Batch, data []byte, s
 		if !up {
 			return false, nil
 		}
-		if !m.s.relayBudget.Fits(int64(len(data))) {
+		if !m.s.relayBudget.Fits(int64(cap(data))) {
 			// Other machines' copies hold the memory: the cache takes
 			// this batch rather than the session waiting for them.
 			return false, nil

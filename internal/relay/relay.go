@@ -122,11 +122,12 @@ func (q *Queue) Changed() <-chan struct{} {
 
 // TryPush appends it if there is room (an empty queue always has room, so
 // a batch larger than the limit still passes alone) and the shared budget
-// allows it.
+// allows it. What counts is the memory an item holds, its capacity: a
+// frame's buffer may be up to twice its payload (internal/bufpool).
 func (q *Queue) TryPush(it Item) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	n := int64(len(it.Data))
+	n := int64(cap(it.Data))
 	if q.bytes > 0 && q.bytes+n > q.limit {
 		return false
 	}
@@ -171,7 +172,7 @@ func (q *Queue) Pop() {
 	if q.head == len(q.items) {
 		return
 	}
-	n := int64(len(q.items[q.head].Data))
+	n := int64(cap(q.items[q.head].Data))
 	q.bytes -= n
 	q.budget.give(n)
 	q.items[q.head] = Item{}

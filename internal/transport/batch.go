@@ -12,7 +12,8 @@ import (
 // 256 TLS records of 16 KiB, and without them each record was a write
 // system call on one side and a read on the other. Batching them into
 // 256 KiB cut the CPU a TLS stream costs both ends by 10-20 % on the
-// development VM (docs/benchmarks.md).
+// development VM, and 512 KiB about 8 % more (BenchmarkFrames8MiB; 1 to
+// 4 MiB did no better; docs/benchmarks.md).
 const batchBuf = 512 << 10
 
 // batchConn sits between TLS and the socket. Reads come from a buffer
