@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -647,4 +648,54 @@ func TestRecordAfterTheBatchIsNotHeldForItsSend(t *testing.T) {
 	if held != 1 {
 		t.Fatalf("%d records wait for the send, want 1 (the batch's own)", held)
 	}
+}
+
+// A zeroing whose per-record BeginWrite fails (the tracker closed after
+// the zeroing's own BeginWrite, as at shutdown) must queue no record
+// without its pending count (its acknowledgment would release a count
+// never taken), leave the range dirty, and fail the request. The zeroing
+// is held at its region lock between the two, and the tracker closed
+// there; an attempt where the goroutine was not yet past its first
+// BeginWrite (it then fails there instead) is repeated.
+func TestZeroingWhenTheTrackerClosesQueuesNothingUncounted(t *testing.T) {
+	ctx := context.Background()
+	for attempt := range 5 {
+		a, d := newTestAgent(t, 64<<20)
+		before := len(capturedOnly(queuedRecords(a)))
+		unlock := d.locks.lock(0, 64<<10)
+		errc := make(chan error, 1)
+		go func() { errc <- d.zero(ctx, 0, 64<<10, false, true) }()
+		time.Sleep(time.Duration(50<<attempt) * time.Millisecond)
+		if err := d.tracker.Close(); err != nil {
+			t.Fatal(err)
+		}
+		unlock()
+		err := <-errc
+		if err == nil {
+			t.Fatal("zeroing succeeded with the tracker closed")
+		}
+		if !strings.Contains(err.Error(), "at 0 in the activity log") {
+			t.Logf("attempt %d: failed at the first BeginWrite (%v); again with a longer wait", attempt, err)
+			continue
+		}
+		if got := len(capturedOnly(queuedRecords(a))); got != before {
+			t.Fatalf("%d records queued by a zeroing whose per-record BeginWrite failed, want none", got-before)
+		}
+		if d.tracker.DirtyBytes() < 64<<10 {
+			t.Fatalf("dirty bytes %d after the failed zeroing, want its 64 KiB", d.tracker.DirtyBytes())
+		}
+		return
+	}
+	t.Fatal("the zeroing never got past its first BeginWrite")
+}
+
+// queuedRecords is every record in the queue now.
+func queuedRecords(a *Agent) []wire.Record {
+	a.q.mu.Lock()
+	defer a.q.mu.Unlock()
+	var out []wire.Record
+	for _, r := range a.q.recs[a.q.head:] {
+		out = append(out, r.Record)
+	}
+	return out
 }
