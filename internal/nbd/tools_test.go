@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -319,6 +320,7 @@ func TestNbdfuseExt4(t *testing.T) {
 	}
 	unix.Sync()
 	unmount()
+	waitReleased(t, dev)
 	detach()
 
 	// The image behind the export is now a clean ext4 file system.
@@ -389,6 +391,26 @@ func mountNbdfuse(t *testing.T, dir, uri string) string {
 
 // runCleanup is run for teardown steps: a failure is reported but does not
 // stop the remaining cleanup.
+// waitReleased waits until the ext4 file system on dev is really gone
+// after umount. A process started meanwhile in another mount namespace
+// (`ip netns exec`, as the netsim tests running beside this one do) holds a
+// copy of every mount, so the file system stays alive, its journal not
+// checkpointed, until that process exits: the image then needs recovery
+// and a read-only mount of it fails (seen once in CI).
+func waitReleased(t *testing.T, dev string) {
+	t.Helper()
+	proc := filepath.Join("/proc/fs/ext4", filepath.Base(dev))
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		if _, err := os.Stat(proc); errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ext4 on %s still in use 2 min after umount (held by a mount namespace?)", dev)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func runCleanup(t *testing.T, name string, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
