@@ -35,18 +35,11 @@ func TestManyAgentsAtOnce(t *testing.T) {
 	)
 	dir := t.TempDir()
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ids := []pki.Identity{{Role: pki.RoleProcessServer, Name: "ps1"}, {Role: pki.RoleMasterTarget, Name: "mt1"}}
+	var names []string
 	for i := range machines {
-		ids = append(ids, pki.Identity{Role: pki.RoleAgent, Name: fmt.Sprintf("m%d", i)})
+		names = append(names, fmt.Sprintf("m%d", i))
 	}
-	files, err := pki.DevPKI(filepath.Join(dir, "pki"), []string{"127.0.0.1"}, ids...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tlsOf := func(r pki.Role, n string) config.TLS {
-		f := files[pki.Identity{Role: r, Name: n}]
-		return config.TLS{CA: f.CA, Cert: f.Cert, Key: f.Key}
-	}
+	tlsOf := testPKI(t, dir, names...)
 	mtAddr, psAddr, mtStatus := freeAddr(t), freeAddr(t), freeAddr(t)
 	mtTLS, err := config.MasterTargetTLS(tlsOf(pki.RoleMasterTarget, "mt1"))
 	if err != nil {

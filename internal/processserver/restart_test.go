@@ -62,12 +62,16 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// testPKI makes certificates for an agent of machine, process server "ps1"
-// and master target "mt1", and returns where each identity's files are.
-func testPKI(t *testing.T, dir, machine string) func(pki.Role, string) config.TLS {
+// testPKI makes certificates for an agent of each machine, process server
+// "ps1" and master target "mt1", and returns where each identity's files
+// are.
+func testPKI(t *testing.T, dir string, machines ...string) func(pki.Role, string) config.TLS {
 	t.Helper()
-	files, err := pki.DevPKI(filepath.Join(dir, "pki"), []string{"127.0.0.1"},
-		pki.Identity{Role: pki.RoleAgent, Name: machine}, pki.Identity{Role: pki.RoleProcessServer, Name: "ps1"}, pki.Identity{Role: pki.RoleMasterTarget, Name: "mt1"})
+	ids := []pki.Identity{{Role: pki.RoleProcessServer, Name: "ps1"}, {Role: pki.RoleMasterTarget, Name: "mt1"}}
+	for _, m := range machines {
+		ids = append(ids, pki.Identity{Role: pki.RoleAgent, Name: m})
+	}
+	files, err := pki.DevPKI(filepath.Join(dir, "pki"), []string{"127.0.0.1"}, ids...)
 	if err != nil {
 		t.Fatal(err)
 	}

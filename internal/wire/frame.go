@@ -184,10 +184,9 @@ type Conn struct {
 	// lastDecoded says the last payload ReadFrame returned lives in dbuf
 	// (it was compressed), not in rbuf.
 	lastDecoded bool
-	// lastSum is the checksum the last frame read arrived with, and
-	// lastSumRaw whether it covers the payload ReadFrame returned.
-	lastSum    uint32
-	lastSumRaw bool
+	// lastSum is the checksum the last frame read arrived with; it covers
+	// the payload ReadFrame returned unless that was decoded.
+	lastSum uint32
 
 	// Counters for reporting compression ratio; guarded by wmu.
 	rawOut, wireOut uint64
@@ -359,7 +358,7 @@ func (c *Conn) ReadFrame() (Type, []byte, error) {
 		return 0, nil, err
 	}
 	c.lastDecoded = h.Codec != CodecNone
-	c.lastSum, c.lastSumRaw = h.PCRC, h.Codec == CodecNone
+	c.lastSum = h.PCRC
 	return h.Type, payload, nil
 }
 
@@ -383,7 +382,7 @@ func (c *Conn) readBody(body []byte) error {
 // LastSum is the CRC-32C of the last payload ReadFrame returned, for
 // WriteFrameSum; ok is false when that payload was decompressed (the
 // frame's checksum covered the compressed bytes).
-func (c *Conn) LastSum() (sum uint32, ok bool) { return c.lastSum, c.lastSumRaw }
+func (c *Conn) LastSum() (sum uint32, ok bool) { return c.lastSum, !c.lastDecoded }
 
 // Keep returns data as a buffer the connection will not reuse, for a
 // payload that must outlive the next read (copies relayed in memory): the
