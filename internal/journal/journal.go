@@ -10,6 +10,7 @@ import (
 	"sync"
 
 	"standby/internal/blockdev"
+	"standby/internal/directio"
 )
 
 // Defaults and limits.
@@ -122,6 +123,10 @@ type segment struct {
 	size        int64    // bytes appended, buffered ones included
 	written     int64    // bytes in the file; the rest of the active segment is in memory
 	f           *os.File // nil until a read needs it (sealed); read-write for the active one
+	// app appends to the active segment past the page cache
+	// (internal/directio), opened at its first write; nil otherwise, or
+	// when the file system refused it (Journal.cached).
+	app *directio.Appender
 }
 
 // Journal is the undo journal of one machine: the before-images of every
@@ -153,6 +158,7 @@ type Journal struct {
 	spare    []byte   // the other write buffer
 	zeros    []bool
 	unsynced bool // records appended since the last fdatasync
+	cached   bool // the file system refused O_DIRECT: segments are written through the page cache
 
 	// mu guards the index, the segment list and the in-memory tail of the
 	// active segment. It is held only for memory work, never for I/O on
@@ -362,6 +368,13 @@ func (j *Journal) Close() error {
 	if serr == nil {
 		serr = j.syncLocked()
 	}
+	if serr == nil && j.active != nil && j.active.app != nil {
+		// Cut the padding of uncached appends, so a clean stop leaves no
+		// torn-looking tail for the next Open to warn about.
+		if serr = j.seal(j.active); serr == nil {
+			serr = fdatasync(j.active.f)
+		}
+	}
 	j.mu.Lock()
 	j.closed = true
 	for v := range j.views {
@@ -381,6 +394,10 @@ func (j *Journal) Close() error {
 func (j *Journal) closeFiles() error {
 	var errs []error
 	for _, s := range j.segs {
+		if s.app != nil {
+			errs = append(errs, s.app.Close())
+			s.app = nil
+		}
 		if s.f != nil {
 			errs = append(errs, s.f.Close())
 			s.f = nil

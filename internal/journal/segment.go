@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"standby/internal/directio"
 )
 
 const segSuffix = ".ujl"
@@ -364,6 +366,9 @@ func (j *Journal) roll(base uint64) error {
 		if err := j.flush(); err != nil {
 			return err
 		}
+		if err := j.seal(j.active); err != nil {
+			return err
+		}
 		if err := fdatasync(j.active.f); err != nil {
 			return j.fail(fmt.Errorf("journal: syncing segment %s before sealing it: %w", j.active.path, err))
 		}
@@ -391,6 +396,10 @@ func (j *Journal) roll(base uint64) error {
 // made. Caller holds wmu.
 func (j *Journal) rebaseEmpty(base uint64) error {
 	old := j.active
+	if old.app != nil {
+		old.app.Close()
+		old.app = nil
+	}
 	if err := old.f.Close(); err != nil {
 		return j.fail(fmt.Errorf("journal: closing empty segment %s: %w", old.path, err))
 	}
@@ -475,7 +484,7 @@ func (j *Journal) flush() error {
 // active segment and retires it; recycle makes buf the next spare buffer.
 func (j *Journal) finishWrite(buf []byte, at int64, recycle bool) error {
 	s := j.active
-	_, err := s.f.WriteAt(buf, at)
+	err := j.write(s, buf, at)
 	j.mu.Lock()
 	j.flushing = nil
 	if err == nil {
@@ -489,6 +498,58 @@ func (j *Journal) finishWrite(buf []byte, at int64, recycle bool) error {
 		j.spare = buf[:0]
 	}
 	return serr
+}
+
+// write appends buf at offset at, the end of the data of the active
+// segment s: past the page cache where the file system allows
+// (internal/directio), which leaves zeros after the data up to a block
+// boundary until seal cuts them. Caller holds wmu.
+func (j *Journal) write(s *segment, buf []byte, at int64) error {
+	if s.app == nil && !j.cached {
+		a, err := directio.OpenAppender(s.path, at)
+		if err != nil {
+			return err
+		}
+		if a == nil {
+			j.cached = true
+			j.log.Info("the file system refuses O_DIRECT: journal segments are written through the page cache", "dir", j.dir)
+		}
+		s.app = a
+	}
+	if s.app == nil {
+		_, err := s.f.WriteAt(buf, at)
+		return err
+	}
+	if s.app.Size() != at {
+		return fmt.Errorf("journal: writing at %d of %s, whose data ends at %d", at, s.path, s.app.Size())
+	}
+	err := s.app.Append(buf)
+	if errors.Is(err, directio.ErrRefused) {
+		// Nothing was written: the cache takes these bytes and the rest.
+		j.log.Info("the file system refused an O_DIRECT write: journal segments are written through the page cache", "segment", s.path, "err", err)
+		s.app.Close()
+		s.app = nil
+		j.cached = true
+		_, err = s.f.WriteAt(buf, at)
+	}
+	return err
+}
+
+// seal cuts the zeros an uncached append leaves past the data of s and
+// stops appending to it. Caller holds wmu and has flushed s.
+func (j *Journal) seal(s *segment) error {
+	if s.app == nil {
+		return nil
+	}
+	err := s.app.Close()
+	s.app = nil
+	if err == nil {
+		err = s.f.Truncate(s.written)
+	}
+	if err != nil {
+		return j.fail(fmt.Errorf("journal: cutting the padding of %s at %d: %w", s.path, s.written, err))
+	}
+	return nil
 }
 
 // appendRecord puts one encoded record at the end of the active segment and

@@ -1,0 +1,139 @@
+// Package directio appends to log files past the page cache (O_DIRECT).
+//
+// The undo journal and the intake log are written once and read back
+// rarely. Through the page cache every 4 KiB appended takes a new cache
+// page, and on the development VM (a PVM guest whose freed memory goes back
+// to the host) the first touch of a page costs more than everything else a
+// small write costs the master target together: a profile of 100 MB/s of
+// 64 KiB writes had 30 % of the master target's CPU in copying journal
+// appends into new cache pages (docs/benchmarks.md). An uncached append
+// costs a copy into a buffer that is reused, and the DMA.
+//
+// O_DIRECT needs offsets, lengths and buffers aligned to Align, and logs
+// append records of any length, so an Appender keeps the file's last
+// partial block in memory and rewrites it, followed by the new bytes and
+// zeros up to the next block boundary. The file is therefore up to
+// Align-1 bytes longer than what was appended, with zeros at the end; the
+// owner truncates them off when it seals the file, and its recovery treats
+// zeros after the last record as the end of a torn append, which they are
+// indistinguishable from. Rewriting the last block never changes the bytes
+// before the old end, so an append torn by a crash cannot damage data that
+// was already durable.
+package directio
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"standby/internal/bufpool"
+)
+
+// Align is the alignment of every uncached write.
+const Align = bufpool.Align
+
+// ErrRefused is returned by Append when the file system refused the
+// uncached write before writing anything: the caller writes those bytes
+// through the page cache instead, and stops using the Appender.
+var ErrRefused = errors.New("directio: uncached write refused")
+
+// Appender appends to one file uncached. It is not safe for concurrent use.
+type Appender struct {
+	f   *os.File
+	end int64
+	// stage is an aligned buffer reused for every write; stage[:end%Align]
+	// holds the file's bytes from alignDown(end) to end.
+	stage []byte
+}
+
+// OpenAppender opens path for uncached appends at end, the length of the
+// file's data (any bytes past it are overwritten). It returns nil and no
+// error when the file system does not take O_DIRECT; the caller then
+// writes through the page cache.
+func OpenAppender(path string, end int64) (*Appender, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EINVAL) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("directio: opening %s uncached: %w", path, err)
+	}
+	a := &Appender{f: f, end: end, stage: bufpool.Aligned(256 << 10)}
+	if head := int(end % Align); head > 0 {
+		// The block being appended to is read through the page cache:
+		// it was written uncached (the kernel dropped any cached copy)
+		// or through the cache, and a cached read sees both.
+		n, err := readFull(path, a.stage[:head], end-int64(head))
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("directio: reading the last block of %s: %w", path, err)
+		}
+		if n < head {
+			f.Close()
+			return nil, fmt.Errorf("directio: %s holds %d bytes, less than the %d to append after", path, end-int64(head)+int64(n), end)
+		}
+	}
+	return a, nil
+}
+
+func readFull(path string, b []byte, off int64) (int, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	n, err := f.ReadAt(b, off)
+	if errors.Is(err, io.EOF) {
+		err = nil
+	}
+	return n, err
+}
+
+// Size is where the next Append writes: the length of the data appended.
+func (a *Appender) Size() int64 { return a.end }
+
+// Append writes p at Size(). The file then holds Size() bytes of data
+// followed by zeros to the next multiple of Align.
+func (a *Appender) Append(p []byte) error {
+	if len(p) == 0 {
+		return nil
+	}
+	head := int(a.end % Align)
+	total := head + len(p)
+	n := (total + Align - 1) &^ (Align - 1)
+	if cap(a.stage) < n {
+		grown := bufpool.Aligned(n)
+		copy(grown, a.stage[:head])
+		a.stage = grown
+	}
+	buf := a.stage[:n]
+	copy(buf[head:], p)
+	clear(buf[total:])
+	at := a.end - int64(head)
+	w, err := a.f.WriteAt(buf, at)
+	if err != nil {
+		if errors.Is(err, unix.EINVAL) && w == 0 {
+			return fmt.Errorf("%w: %s at %d: %w", ErrRefused, a.f.Name(), at, err)
+		}
+		// The block before the old end was rewritten with the bytes it
+		// held; past the old end nothing may be trusted. The caller fails
+		// the log and reopens it, which reads what is on disk.
+		return fmt.Errorf("directio: writing %d bytes at %d of %s: %w", n, at, a.f.Name(), err)
+	}
+	tail := total &^ (Align - 1)
+	copy(a.stage, buf[tail:total])
+	a.end += int64(len(p))
+	return nil
+}
+
+// Close closes the uncached descriptor. The zeros past Size() stay until
+// the owner truncates the file.
+func (a *Appender) Close() error {
+	if err := a.f.Close(); err != nil {
+		return fmt.Errorf("directio: closing %s: %w", a.f.Name(), err)
+	}
+	return nil
+}
