@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -95,14 +96,18 @@ func readFull(path string, b []byte, off int64) (int, error) {
 // Size is where the next Append writes: the length of the data appended.
 func (a *Appender) Size() int64 { return a.end }
 
-// Append writes p at Size(). The file then holds Size() bytes of data
-// followed by zeros to the next multiple of Align.
-func (a *Appender) Append(p []byte) error {
-	if len(p) == 0 {
+// Append writes the parts one after the other at Size(), with one write
+// system call. The file then holds Size() bytes of data followed by zeros
+// to the next multiple of Align.
+func (a *Appender) Append(parts ...[]byte) error {
+	head := int(a.end % Align)
+	total := head
+	for _, p := range parts {
+		total += len(p)
+	}
+	if total == head {
 		return nil
 	}
-	head := int(a.end % Align)
-	total := head + len(p)
 	n := (total + Align - 1) &^ (Align - 1)
 	if cap(a.stage) < n {
 		grown := bufpool.Aligned(n)
@@ -110,7 +115,10 @@ func (a *Appender) Append(p []byte) error {
 		a.stage = grown
 	}
 	buf := a.stage[:n]
-	copy(buf[head:], p)
+	k := head
+	for _, p := range parts {
+		k += copy(buf[k:], p)
+	}
 	clear(buf[total:])
 	at := a.end - int64(head)
 	w, err := a.f.WriteAt(buf, at)
@@ -120,12 +128,12 @@ func (a *Appender) Append(p []byte) error {
 		}
 		// The block before the old end was rewritten with the bytes it
 		// held; past the old end nothing may be trusted. The caller fails
-		// the log and reopens it, which reads what is on disk.
+		// the log or takes the bytes back, and Size is unchanged.
 		return fmt.Errorf("directio: writing %d bytes at %d of %s: %w", n, at, a.f.Name(), err)
 	}
 	tail := total &^ (Align - 1)
 	copy(a.stage, buf[tail:total])
-	a.end += int64(len(p))
+	a.end += int64(total - head)
 	return nil
 }
 
@@ -136,4 +144,56 @@ func (a *Appender) Close() error {
 		return fmt.Errorf("directio: closing %s: %w", a.f.Name(), err)
 	}
 	return nil
+}
+
+// IsAligned reports whether b starts at a multiple of Align (an empty b
+// does not).
+func IsAligned(b []byte) bool {
+	return cap(b) > 0 && uintptr(unsafe.Pointer(unsafe.SliceData(b)))&(Align-1) == 0
+}
+
+// OpenRead opens path for uncached reads with ReadAligned, or through the
+// page cache when the file system does not take O_DIRECT (direct false).
+func OpenRead(path string) (f *os.File, direct bool, err error) {
+	f, err = os.OpenFile(path, os.O_RDONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EINVAL) {
+		f, err = os.Open(path)
+		return f, false, err
+	}
+	return f, err == nil, err
+}
+
+// ReadAligned fills b from off of a file opened uncached; off, len(b) and
+// b's address are multiples of Align. It returns fewer bytes only at the
+// end of the file, with no error: an uncached read that ends mid-block
+// leaves the next offset unaligned, which os.File.ReadAt would pass on as
+// EINVAL instead of io.EOF.
+func ReadAligned(f *os.File, b []byte, off int64) (int, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for n < len(b) {
+		var m int
+		var rerr error
+		if err := rc.Read(func(fd uintptr) bool {
+			for {
+				m, rerr = unix.Pread(int(fd), b[n:], off+int64(n))
+				if rerr != unix.EINTR {
+					return true
+				}
+			}
+		}); err != nil {
+			return n, err
+		}
+		if rerr != nil {
+			return n, fmt.Errorf("directio: reading %s at %d: %w", f.Name(), off+int64(n), rerr)
+		}
+		n += m
+		if m == 0 || m%Align != 0 {
+			break // the end of the file
+		}
+	}
+	return n, nil
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"unsafe"
 )
 
 // Appends of every size, across reopenings at the end of the data, leave
@@ -111,5 +112,41 @@ func checkFile(t *testing.T, path string, want []byte) {
 	}
 	if !bytes.Equal(got[len(want):], make([]byte, len(got)-len(want))) {
 		t.Fatal("padding past the data is not zero")
+	}
+}
+
+// ReadAligned reads whole blocks, and the end of a file that stops
+// mid-block, without an error.
+func TestReadAligned(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "f")
+	data := make([]byte, 3*Align+100)
+	for i := range data {
+		data[i] = byte(i*31) | 1
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, direct, err := OpenRead(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if !direct {
+		t.Fatal("O_DIRECT refused: the test needs a file system that takes it")
+	}
+	buf := make([]byte, 8*Align)
+	k := Align - int(uintptr(unsafe.Pointer(&buf[0]))&(Align-1))
+	b := buf[k%Align : k%Align+6*Align]
+	for _, off := range []int64{0, Align, 3 * Align} {
+		n, err := ReadAligned(f, b, off)
+		if err != nil {
+			t.Fatalf("reading at %d: %v", off, err)
+		}
+		if want := len(data) - int(off); n != want || !bytes.Equal(b[:n], data[off:]) {
+			t.Fatalf("at %d: read %d bytes, want %d equal to the file's", off, n, want)
+		}
+	}
+	if n, err := ReadAligned(f, b, 4*Align); n != 0 || err != nil {
+		t.Fatalf("past the end: %d bytes, %v", n, err)
 	}
 }

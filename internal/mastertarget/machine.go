@@ -147,7 +147,10 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 			return nil, fmt.Errorf("machine %s: replica %s is %d bytes but disk %s is %d bytes: refusing to apply to a replica of the wrong size", name, p, rd.Size(), d.Name, d.Size)
 		}
 	}
-	lg, err := seglog.Open(filepath.Join(dir, "intake"), seglog.Options{MaxBytes: s.cfg.IntakeBytes, Logger: s.log.With("machine", name)})
+	// The intake is read back once, right after it is written: past the
+	// page cache, whose new pages cost more here than the rest of a small
+	// write's intake and apply (docs/architecture.md, "Uncached logs").
+	lg, err := seglog.Open(filepath.Join(dir, "intake"), seglog.Options{MaxBytes: s.cfg.IntakeBytes, Logger: s.log.With("machine", name), Direct: true})
 	if err != nil {
 		m.close()
 		return nil, fmt.Errorf("machine %s: opening intake log: %w", name, err)

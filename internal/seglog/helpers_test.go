@@ -50,6 +50,7 @@ func genEntries(rng *rand.Rand, start uint64, n, maxSize int) []Entry {
 
 func mustOpen(t testing.TB, dir string, opts Options) *Log {
 	t.Helper()
+	opts.Direct = opts.Direct || os.Getenv(directEnv) != ""
 	if opts.Logger == nil {
 		opts.Logger = testLogger(t)
 	}
@@ -193,3 +194,14 @@ func copyDir(t testing.TB, src string) string {
 }
 
 func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// filesHold reports whether the segment files in dir hold n bytes: with
+// Options.Direct the active segment ends in zeros up to a 4 KiB boundary.
+func filesHold(t testing.TB, dir string, n int64) bool {
+	t.Helper()
+	got := dirBytes(t, dir)
+	if os.Getenv(directEnv) != "" {
+		return got >= n && got-n < 4096
+	}
+	return got == n
+}

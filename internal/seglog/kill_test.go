@@ -24,7 +24,7 @@ func TestHelperProcess(t *testing.T) {
 		t.Skip("helper process for TestKill9")
 	}
 	seed, _ := strconv.ParseUint(os.Getenv(helperDirEnv+"_SEED"), 10, 64)
-	l, err := Open(dir, Options{SegmentSize: 1 << 20})
+	l, err := Open(dir, Options{SegmentSize: 1 << 20, Direct: os.Getenv(directEnv) != ""})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "helper open:", err)
 		os.Exit(2)

@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+
+	"standby/internal/directio"
 )
 
 // DefaultSegmentSize is used when Options.SegmentSize is zero.
@@ -34,6 +36,14 @@ type Options struct {
 	// when it is read instead of at start-up. For caches too large to read
 	// through at every start. The last segment is always fully verified.
 	TrustSealed bool
+	// Direct writes and reads segments past the page cache
+	// (internal/directio), where the file system allows it: for a log
+	// whose entries are read back once, soon after the write, by a
+	// reader that keeps up, and whose cache pages would be new ones
+	// (the master target's intake; docs/architecture.md). The active
+	// segment then ends in up to a block of zeros until it is sealed,
+	// which Open takes for a torn append.
+	Direct bool
 }
 
 // Entry is one appended payload covering sequence numbers First..Last.
@@ -85,6 +95,9 @@ type segment struct {
 	// Log.mu. A spare is reused only when none is left in it, since
 	// reusing overwrites the file under them.
 	readers int
+	// app appends to the active segment uncached (Options.Direct),
+	// opened at its first write. Used only with wmu held.
+	app *directio.Appender
 }
 
 // maxSpares is how many trimmed segment files a log keeps for reuse.
@@ -108,6 +121,7 @@ type Log struct {
 	// Lock order: wmu before mu.
 	wmu     sync.Mutex
 	scratch []byte // header or small record being written; guarded by wmu
+	cached  bool   // Options.Direct, but the file system refused O_DIRECT; guarded by wmu
 
 	mu       sync.Mutex
 	segs     []*segment // oldest first; the last one is active
@@ -279,6 +293,7 @@ func (l *Log) roomLocked(recLen int64) bool {
 func (l *Log) resetActiveLocked() {
 	l.waitSyncIdleLocked()
 	s := l.segs[len(l.segs)-1]
+	closeApp(s)
 	wf := l.wf
 	l.wf = nil
 	l.segs = l.segs[:len(l.segs)-1]
@@ -329,7 +344,9 @@ func (l *Log) write(e Entry, recLen int64) (uint64, error) {
 	}
 	off := act.size // changes only under wmu, which we hold
 	var err error
-	if len(e.Data) <= smallRecord {
+	if l.opts.Direct && !l.cached {
+		err = l.writeDirect(act, e, off)
+	} else if len(e.Data) <= smallRecord {
 		// One write call instead of two for small entries.
 		l.scratch = appendRecord(l.scratch[:0], e)
 		_, err = l.wf.WriteAt(l.scratch, off)
@@ -376,6 +393,52 @@ func (l *Log) write(e Entry, recLen int64) (uint64, error) {
 	return l.committed, nil
 }
 
+// writeDirect appends e's record to act at off past the page cache, or
+// through it from now on if the file system refuses. l.wmu held.
+func (l *Log) writeDirect(act *segment, e Entry, off int64) error {
+	if act.app == nil {
+		a, err := directio.OpenAppender(act.path, off)
+		if err != nil {
+			return err
+		}
+		if a == nil {
+			return l.writeCached(e, off, fmt.Errorf("O_DIRECT refused at open"))
+		}
+		act.app = a
+	}
+	if act.app.Size() != off {
+		return fmt.Errorf("appending at %d of %s, whose data ends at %d", off, act.path, act.app.Size())
+	}
+	var hdr [headerSize]byte
+	putHeader(hdr[:], e)
+	err := act.app.Append(hdr[:], e.Data)
+	if errors.Is(err, directio.ErrRefused) {
+		act.app.Close()
+		act.app = nil
+		return l.writeCached(e, off, err)
+	}
+	return err
+}
+
+// writeCached turns Options.Direct off for good and writes e's record at
+// off through the page cache. l.wmu held.
+func (l *Log) writeCached(e Entry, off int64, why error) error {
+	l.cached = true
+	l.log.Info("the file system refuses O_DIRECT: segments are written through the page cache", "dir", l.dir, "why", why)
+	l.scratch = appendRecord(l.scratch[:0], e)
+	_, err := l.wf.WriteAt(l.scratch, off)
+	return err
+}
+
+// closeApp stops uncached appends to s, leaving its padding for the
+// caller to cut (cutStale) or for Open to find. l.wmu held.
+func closeApp(s *segment) {
+	if s != nil && s.app != nil {
+		s.app.Close()
+		s.app = nil
+	}
+}
+
 // dropEmptyActive removes the active segment act, which holds no record.
 // l.wmu held.
 func (l *Log) dropEmptyActive(act *segment) {
@@ -385,6 +448,7 @@ func (l *Log) dropEmptyActive(act *segment) {
 	l.wf = nil
 	l.segs = l.segs[:len(l.segs)-1]
 	l.mu.Unlock()
+	closeApp(act)
 	wf.Close()
 	if err := os.Remove(act.path); err != nil {
 		// Open removes an empty last segment anyway.
@@ -486,10 +550,13 @@ func (l *Log) reuseSpare(s *segment) *os.File {
 }
 
 // cutStale truncates a recycled segment to the records written into it,
-// so that a sealed segment ends where its data does. The caller syncs.
+// and an uncached one to its data (Options.Direct pads to a block), so
+// that a sealed segment ends where its data does. It syncs the cut.
 // l.wmu held.
 func (l *Log) cutStale(s *segment) error {
-	if s == nil || s.stale <= s.size || l.wf == nil {
+	padded := s != nil && s.app != nil
+	closeApp(s)
+	if s == nil || (s.stale <= s.size && !padded) || l.wf == nil {
 		return nil
 	}
 	err := l.wf.Truncate(s.size)

@@ -7,6 +7,9 @@ import (
 	"io"
 	"os"
 	"sort"
+
+	"standby/internal/bufpool"
+	"standby/internal/directio"
 )
 
 // readAhead is how much a reader asks for at once when entries are small, so
@@ -26,6 +29,7 @@ type Reader struct {
 	seg     *segment // the same, counted in its readers; nil if none
 	path    string
 	f       *os.File
+	direct  bool // f was opened uncached (Options.Direct): fill reads whole blocks
 
 	// buf[pos:n] holds unread bytes of the segment starting at file offset
 	// bufOff+pos.
@@ -158,7 +162,14 @@ func (r *Reader) open(base uint64, path string) error {
 	}
 	r.started, r.base, r.path = true, base, path
 	r.bufOff, r.pos, r.n = 0, 0, 0
-	f, err := os.Open(path)
+	var f *os.File
+	var err error
+	r.direct = false
+	if r.l.opts.Direct {
+		f, r.direct, err = directio.OpenRead(path)
+	} else {
+		f, err = os.Open(path)
+	}
 	if errors.Is(err, os.ErrNotExist) {
 		// Trimmed since we looked; position will skip past it. Leaving
 		// r.f nil is fine: a trimmed segment is never read.
@@ -187,6 +198,9 @@ func (r *Reader) fill(limit int64, want int) error {
 		return nil
 	}
 	size := int(min(limit-cur, int64(max(want, readAhead))))
+	if r.direct {
+		return r.fillDirect(cur, size, limit)
+	}
 	kept := r.n - r.pos
 	if cap(r.buf) < size {
 		nb := make([]byte, size)
@@ -204,6 +218,31 @@ func (r *Reader) fill(limit int64, want int) error {
 		return fmt.Errorf("seglog: read %s at %d: %w", r.path, cur, err)
 	}
 	r.bufOff, r.pos, r.n = cur, 0, size
+	return nil
+}
+
+// fillDirect is fill for a segment opened uncached: it reads the whole
+// blocks holding [cur, cur+size) into an aligned buffer, the bytes before
+// cur that were already buffered included (they are the same bytes).
+// Reading past limit may catch bytes an append is writing; only bytes
+// below limit are ever parsed.
+func (r *Reader) fillDirect(cur int64, size int, limit int64) error {
+	a0 := cur &^ (directio.Align - 1)
+	skip := int(cur - a0)
+	n := (skip + size + directio.Align - 1) &^ (directio.Align - 1)
+	if cap(r.buf) < n || !directio.IsAligned(r.buf) {
+		r.buf = bufpool.Aligned(max(n, readAhead+directio.Align))
+	}
+	r.buf = r.buf[:cap(r.buf)]
+	got, err := directio.ReadAligned(r.f, r.buf[:n], a0)
+	if err != nil {
+		return fmt.Errorf("seglog: read %s at %d: %w", r.path, cur, err)
+	}
+	if got < skip+size {
+		err = fmt.Errorf("%w: file shorter than the %d bytes written", ErrCorrupt, limit)
+		return &CorruptError{Segment: r.path, Offset: cur, Err: err}
+	}
+	r.bufOff, r.pos, r.n = a0, skip, skip+size
 	return nil
 }
 
