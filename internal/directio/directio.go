@@ -45,16 +45,20 @@ var ErrRefused = errors.New("directio: uncached write refused")
 type Appender struct {
 	f   *os.File
 	end int64
-	// stage is an aligned buffer reused for every write; stage[:end%Align]
-	// holds the file's bytes from alignDown(end) to end.
-	stage []byte
+	// stage is the owner's aligned buffer, reused for every write and
+	// across files (a fresh one costs a first touch of every page);
+	// (*stage)[:end%Align] holds the file's bytes from alignDown(end) to
+	// end. The owner must not use it for anything else while the
+	// Appender is open.
+	stage *[]byte
 }
 
 // OpenAppender opens path for uncached appends at end, the length of the
-// file's data (any bytes past it are overwritten). It returns nil and no
-// error when the file system does not take O_DIRECT; the caller then
-// writes through the page cache.
-func OpenAppender(path string, end int64) (*Appender, error) {
+// file's data (any bytes past it are overwritten), staging writes in
+// *stage, which it grows as needed (nil or unaligned: it allocates one).
+// It returns nil and no error when the file system does not take
+// O_DIRECT; the caller then writes through the page cache.
+func OpenAppender(path string, end int64, stage *[]byte) (*Appender, error) {
 	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT|unix.O_CLOEXEC, 0)
 	if errors.Is(err, unix.EINVAL) {
 		return nil, nil
@@ -62,12 +66,15 @@ func OpenAppender(path string, end int64) (*Appender, error) {
 	if err != nil {
 		return nil, fmt.Errorf("directio: opening %s uncached: %w", path, err)
 	}
-	a := &Appender{f: f, end: end, stage: bufpool.Aligned(256 << 10)}
+	if cap(*stage) < Align || !IsAligned(*stage) {
+		*stage = bufpool.Aligned(256 << 10)
+	}
+	a := &Appender{f: f, end: end, stage: stage}
 	if head := int(end % Align); head > 0 {
 		// The block being appended to is read through the page cache:
 		// it was written uncached (the kernel dropped any cached copy)
 		// or through the cache, and a cached read sees both.
-		n, err := readFull(path, a.stage[:head], end-int64(head))
+		n, err := readFull(path, (*stage)[:head], end-int64(head))
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("directio: reading the last block of %s: %w", path, err)
@@ -109,12 +116,14 @@ func (a *Appender) Append(parts ...[]byte) error {
 		return nil
 	}
 	n := (total + Align - 1) &^ (Align - 1)
-	if cap(a.stage) < n {
-		grown := bufpool.Aligned(n)
-		copy(grown, a.stage[:head])
-		a.stage = grown
+	if cap(*a.stage) < n {
+		// A quarter more, so entries growing a little at a time do not
+		// reallocate at every step.
+		grown := bufpool.Aligned(n + n/4)
+		copy(grown, (*a.stage)[:head])
+		*a.stage = grown
 	}
-	buf := a.stage[:n]
+	buf := (*a.stage)[:n]
 	k := head
 	for _, p := range parts {
 		k += copy(buf[k:], p)
@@ -132,7 +141,7 @@ func (a *Appender) Append(parts ...[]byte) error {
 		return fmt.Errorf("directio: writing %d bytes at %d of %s: %w", n, at, a.f.Name(), err)
 	}
 	tail := total &^ (Align - 1)
-	copy(a.stage, buf[tail:total])
+	copy(buf, buf[tail:total])
 	a.end += int64(total - head)
 	return nil
 }

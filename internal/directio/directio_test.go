@@ -21,7 +21,7 @@ func TestAppendsOfEverySize(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	sizes := []int{1, 4091, 1, Align, Align - 1, 3 * Align, 100, 1 << 20, 7, 300 << 10, Align + 1}
 	for round := 0; round < 3; round++ {
-		a, err := OpenAppender(path, int64(len(want)))
+		a, err := OpenAppender(path, int64(len(want)), new([]byte))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +60,7 @@ func TestReopenOverPadding(t *testing.T) {
 	if err := os.WriteFile(path, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	a, err := OpenAppender(path, 0)
+	a, err := OpenAppender(path, 0, new([]byte))
 	if err != nil || a == nil {
 		t.Fatalf("opening: %v (nil appender: O_DIRECT refused)", err)
 	}
@@ -68,7 +68,7 @@ func TestReopenOverPadding(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.Close()
-	b, err := OpenAppender(path, 5000)
+	b, err := OpenAppender(path, 5000, new([]byte))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +87,7 @@ func TestOpenPastTheEndIsRefused(t *testing.T) {
 	if err := os.WriteFile(path, []byte("abc"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if a, err := OpenAppender(path, 10); err == nil {
+	if a, err := OpenAppender(path, 10, new([]byte)); err == nil {
 		a.Close()
 		t.Fatal("opened at offset 10 of a 3-byte file")
 	}

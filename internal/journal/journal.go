@@ -157,8 +157,9 @@ type Journal struct {
 	rec      []byte   // record being encoded
 	spare    []byte   // the other write buffer
 	zeros    []bool
-	unsynced bool // records appended since the last fdatasync
-	cached   bool // the file system refused O_DIRECT: segments are written through the page cache
+	unsynced bool   // records appended since the last fdatasync
+	cached   bool   // the file system refused O_DIRECT: segments are written through the page cache
+	stage    []byte // the active segment's directio.Appender stages writes here
 
 	// mu guards the index, the segment list and the in-memory tail of the
 	// active segment. It is held only for memory work, never for I/O on

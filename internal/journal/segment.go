@@ -506,7 +506,7 @@ func (j *Journal) finishWrite(buf []byte, at int64, recycle bool) error {
 // boundary until seal cuts them. Caller holds wmu.
 func (j *Journal) write(s *segment, buf []byte, at int64) error {
 	if s.app == nil && !j.cached {
-		a, err := directio.OpenAppender(s.path, at)
+		a, err := directio.OpenAppender(s.path, at, &j.stage)
 		if err != nil {
 			return err
 		}

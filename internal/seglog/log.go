@@ -122,6 +122,7 @@ type Log struct {
 	wmu     sync.Mutex
 	scratch []byte // header or small record being written; guarded by wmu
 	cached  bool   // Options.Direct, but the file system refused O_DIRECT; guarded by wmu
+	stage   []byte // the active segment's directio.Appender stages writes here; guarded by wmu
 
 	mu       sync.Mutex
 	segs     []*segment // oldest first; the last one is active
@@ -397,7 +398,7 @@ func (l *Log) write(e Entry, recLen int64) (uint64, error) {
 // through it from now on if the file system refuses. l.wmu held.
 func (l *Log) writeDirect(act *segment, e Entry, off int64) error {
 	if act.app == nil {
-		a, err := directio.OpenAppender(act.path, off)
+		a, err := directio.OpenAppender(act.path, off, &l.stage)
 		if err != nil {
 			return err
 		}
