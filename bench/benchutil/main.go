@@ -63,7 +63,7 @@ func usage() {
 	fmt.Fprintln(os.Stderr, `usage:
   benchutil wait-up ADDR [TIMEOUT]
   benchutil wait-sync --agent ADDR --mt ADDR [--start UNIXNANO] [--timeout D] [--poll D]
-  benchutil monitor --agent ADDR [--pid NAME=PID]... [--interval D] [--csv FILE]   (runs until SIGTERM/SIGINT)
+  benchutil monitor --agent ADDR [--mt ADDR] [--pid NAME=PID]... [--interval D] [--csv FILE]   (runs until SIGTERM/SIGINT)
   benchutil fio FILE.json
   benchutil agent ADDR   (one line of key=value from the agent's status)
   benchutil cpu PID      (user+system CPU seconds of a process so far)`)
@@ -91,8 +91,9 @@ type agentStatus struct {
 
 type mtStatus struct {
 	Machines []struct {
-		Machine    string `json:"machine"`
-		AppliedSeq uint64 `json:"last_applied_seq"`
+		Machine    string  `json:"machine"`
+		AppliedSeq uint64  `json:"last_applied_seq"`
+		LagSeconds float64 `json:"lag_seconds"`
 		Disks      []struct {
 			Consistent bool `json:"consistent"`
 		} `json:"disks"`
@@ -264,6 +265,7 @@ func procCPU(pid int) (float64, error) {
 func monitor(args []string) error {
 	fs := flag.NewFlagSet("monitor", flag.ExitOnError)
 	agentAddr := fs.String("agent", "", "agent status address (optional)")
+	mtAddr := fs.String("mt", "", "master target status address (optional): samples its apply lag, the age of the newest applied epoch")
 	interval := fs.Duration("interval", time.Second, "sample interval")
 	csvPath := fs.String("csv", "", "write every sample here")
 	var pids pidFlag
@@ -294,7 +296,7 @@ func monitor(args []string) error {
 		defer f.Close()
 		csv = f
 	}
-	hdr := "t,lag_s,queue_bytes,bitmap_mode,overflows,state,connected,dirty_bytes,unconfirmed_seqs"
+	hdr := "t,lag_s,queue_bytes,bitmap_mode,overflows,state,connected,dirty_bytes,unconfirmed_seqs,mt_lag_s"
 	for _, p := range procs {
 		hdr += ",rss_kib_" + p.name
 	}
@@ -302,8 +304,8 @@ func monitor(args []string) error {
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	t0 := time.Now()
-	var maxLag float64
-	var lags []float64
+	var maxLag, maxMTLag float64
+	var lags, mtLags []float64
 	var ovStart, ovEnd uint64
 	first := true
 	bitmapSeen, disconnected := false, false
@@ -336,6 +338,22 @@ func monitor(args []string) error {
 			}
 		} else {
 			line += ",,,,,,,,"
+		}
+		line += ","
+		if *mtAddr != "" {
+			var m mtStatus
+			// The master target's lag is the age of its newest applied
+			// epoch, which grows while no writes come: the first seconds
+			// show how long the pair was idle before the job, not how
+			// far apply is behind.
+			if err := fetch(*mtAddr, &m); err == nil && len(m.Machines) > 0 {
+				l := m.Machines[0].LagSeconds
+				line += fmt.Sprintf("%.3f", l)
+				if time.Since(t0) > 3*time.Second {
+					maxMTLag = max(maxMTLag, l)
+					mtLags = append(mtLags, l)
+				}
+			}
 		}
 		for _, p := range procs {
 			rss, hwm, err := procKiB(p.pid)
@@ -371,6 +389,15 @@ loop:
 		p50 = s[len(s)/2]
 	}
 	out := fmt.Sprintf("samples=%d max_lag=%.3f median_lag=%.3f overflows=%d bitmap_seen=%v disconnected_seen=%v", samples, maxLag, p50, ovEnd-ovStart, bitmapSeen, disconnected)
+	if *mtAddr != "" {
+		m50 := 0.0
+		if len(mtLags) > 0 {
+			s := append([]float64(nil), mtLags...)
+			sort.Float64s(s)
+			m50 = s[len(s)/2]
+		}
+		out += fmt.Sprintf(" max_mt_lag=%.3f median_mt_lag=%.3f", maxMTLag, m50)
+	}
 	for _, p := range procs {
 		out += fmt.Sprintf(" rss_max_kib_%s=%d hwm_kib_%s=%d cpu_s_%s=%.2f", p.name, p.maxRSS, p.name, p.hwm, p.name, p.cpu1-p.cpu0)
 	}
