@@ -222,8 +222,8 @@ func (r *Reader) fill(limit int64, want int) error {
 }
 
 // fillDirect is fill for a segment opened uncached: it reads the whole
-// blocks holding [cur, cur+size) into an aligned buffer, the bytes before
-// cur that were already buffered included (they are the same bytes).
+// blocks holding [cur, cur+size) into an aligned buffer, reading again
+// whatever of that was already buffered (the same bytes).
 // Reading past limit may catch bytes an append is writing; only bytes
 // below limit are ever parsed.
 func (r *Reader) fillDirect(cur int64, size int, limit int64) error {
