@@ -24,13 +24,13 @@ package directio
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
 
 	"standby/internal/bufpool"
+	"standby/internal/fsutil"
 )
 
 // Align is the alignment of every uncached write.
@@ -74,7 +74,7 @@ func OpenAppender(path string, end int64, stage *[]byte) (*Appender, error) {
 		// The block being appended to is read through the page cache:
 		// it was written uncached (the kernel dropped any cached copy)
 		// or through the cache, and a cached read sees both.
-		n, err := readFull(path, (*stage)[:head], end-int64(head))
+		n, err := fsutil.ReadFileAt(path, (*stage)[:head], end-int64(head))
 		if err != nil {
 			f.Close()
 			return nil, fmt.Errorf("directio: reading the last block of %s: %w", path, err)
@@ -85,19 +85,6 @@ func OpenAppender(path string, end int64, stage *[]byte) (*Appender, error) {
 		}
 	}
 	return a, nil
-}
-
-func readFull(path string, b []byte, off int64) (int, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	n, err := f.ReadAt(b, off)
-	if errors.Is(err, io.EOF) {
-		err = nil
-	}
-	return n, err
 }
 
 // Size is where the next Append writes: the length of the data appended.

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -13,6 +12,7 @@ import (
 	"strings"
 
 	"standby/internal/directio"
+	"standby/internal/fsutil"
 )
 
 const segSuffix = ".ujl"
@@ -60,7 +60,7 @@ func (j *Journal) recover(wantBS int64) error {
 	for i, base := range bases {
 		s := &segment{path: filepath.Join(j.dir, segName(base))}
 		var hb [segHeaderSize]byte
-		n, rerr := readFileAt(s.path, hb[:], 0)
+		n, rerr := fsutil.ReadFileAt(s.path, hb[:], 0) // a short header is judged by the parser
 		if rerr != nil {
 			return fmt.Errorf("journal: reading segment header of %s: %w", s.path, rerr)
 		}
@@ -125,19 +125,6 @@ func (j *Journal) recover(wantBS int64) error {
 	j.segs = segs
 	j.nextID = uint32(len(segs))
 	return nil
-}
-
-func readFileAt(path string, b []byte, off int64) (int, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	n, err := f.ReadAt(b, off)
-	if errors.Is(err, io.EOF) {
-		err = nil // a short header is judged by the parser
-	}
-	return n, err
 }
 
 // rebuild scans every segment's records into the index: headers only for
