@@ -6,9 +6,12 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"standby/internal/blockdev"
 )
 
 // Segments are appended past the page cache (internal/directio), which
@@ -112,4 +115,50 @@ func copyTree(t *testing.T, from, to string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// On a file system that refuses O_DIRECT (a ramfs) the journal writes its
+// segments through the page cache, says so, and every point stays exact
+// across a reopen.
+func TestUncachedRefusedFallsBackToTheCache(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root to mount a ramfs (a file system that refuses O_DIRECT)")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "ramfs", "ramfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mounting a ramfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	seed := testSeed(t)
+	rng := rand.New(rand.NewPCG(seed, 10))
+	var logs bytes.Buffer
+	r := &rig{t: t, dir: dir, sizes: smallSizes, opts: Options{SegmentSize: 512 << 10, Logger: slog.New(slog.NewTextHandler(&logs, nil))}}
+	for i, s := range smallSizes {
+		if err := blockdev.Create(r.replicaPath(i), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r.openReplicas()
+	r.open()
+	t.Cleanup(r.close) // before the unmount
+	ops := genOps(seed, smallSizes, 300, 1)
+	a := r.j.NewApplier(8)
+	for _, o := range ops {
+		r.apply(a, o)
+	}
+	if err := a.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if !r.j.cached {
+		t.Fatal("the ramfs took O_DIRECT: the test needs a file system that refuses it")
+	}
+	if !strings.Contains(logs.String(), "refuses O_DIRECT") {
+		t.Fatalf("the fallback was not logged:\n%s", logs.String())
+	}
+	checkPoints(t, r.j, smallSizes, ops, spreadPoints(ops, 8, rng))
+	r.close()
+	r.openReplicas()
+	r.open()
+	defer r.close()
+	checkPoints(t, r.j, smallSizes, ops, spreadPoints(ops, 8, rng))
 }

@@ -4,6 +4,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 )
 
@@ -107,4 +108,52 @@ func filesHoldExactly(t *testing.T, dir string, sizes map[string]int64) bool {
 		}
 	}
 	return true
+}
+
+// ramfsDir mounts a ramfs, which refuses O_DIRECT at open, for the test.
+func ramfsDir(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Fatal("this test needs root to mount a ramfs (a file system that refuses O_DIRECT)")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "ramfs", "ramfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mounting a ramfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// On a file system that refuses O_DIRECT, a Direct log writes and reads
+// through the page cache, says so once, and loses nothing.
+func TestDirectRefusedFallsBackToTheCache(t *testing.T) {
+	dir := ramfsDir(t)
+	logger, records := newRecordingLogger()
+	l, err := Open(dir, Options{SegmentSize: 64 << 10, Direct: true, Logger: logger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() }) // before the unmount; Close twice is harmless
+	rng := rand.New(rand.NewPCG(13, 14))
+	es := genEntries(rng, 1, 40, 9000)
+	appendAll(t, l, es, true)
+	if !l.cached {
+		t.Fatal("the ramfs took O_DIRECT: the test needs a file system that refuses it")
+	}
+	sameEntries(t, readAllEntries(t, l), es)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	said := 0
+	for _, r := range records() {
+		if strings.Contains(r.Message, "refuses O_DIRECT") {
+			said++
+		}
+	}
+	if said != 1 {
+		t.Fatalf("the fallback was logged %d times, want once", said)
+	}
+	l = mustOpen(t, dir, Options{Direct: true})
+	defer l.Close()
+	sameEntries(t, readAllEntries(t, l), es)
 }
