@@ -347,11 +347,14 @@ func (c *Conn) ReadFrame() (Type, []byte, error) {
 		c.rbuf = c.pool.Get(int(h.Length))
 	}
 	body := c.rbuf[:h.Length]
-	if err := c.readBody(body); err != nil {
+	if n, err := c.readBody(body); err != nil {
 		if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
-			return 0, nil, fmt.Errorf("wire: %w: %s frame truncated (wanted %d payload bytes)", ErrCorrupt, h.Type, h.Length)
+			return 0, nil, fmt.Errorf("wire: %w: %s frame truncated (wanted %d payload bytes, got %d)", ErrCorrupt, h.Type, h.Length, n)
 		}
-		return 0, nil, fmt.Errorf("wire: reading %s payload: %w", h.Type, err)
+		// A peer that closes mid-frame with data of ours unread resets
+		// the connection instead of ending it: the frame is just as cut
+		// short, and the log should say so whichever way it ended.
+		return 0, nil, fmt.Errorf("wire: reading %s payload: frame truncated after %d of %d bytes: %w", h.Type, n, h.Length, err)
 	}
 	payload, err := c.decodeBody(h, body)
 	if err != nil {
@@ -365,18 +368,21 @@ func (c *Conn) ReadFrame() (Type, []byte, error) {
 // readBody fills body from what the read buffer holds and, for a large
 // remainder, from the stream itself: the buffer serves the small frames
 // and headers, and passing megabytes through it would copy them once more.
-func (c *Conn) readBody(body []byte) error {
+// It returns how many bytes it read.
+func (c *Conn) readBody(body []byte) (int, error) {
 	n := 0
 	if k := min(c.br.Buffered(), len(body)); k > 0 {
 		n, _ = c.br.Read(body[:k]) // k bytes are buffered: no error, no short read
 	}
 	rest := body[n:]
+	var m int
+	var err error
 	if len(rest) < directWrite {
-		_, err := io.ReadFull(c.br, rest)
-		return err
+		m, err = io.ReadFull(c.br, rest)
+	} else {
+		m, err = io.ReadFull(c.rw, rest) // the buffer is empty
 	}
-	_, err := io.ReadFull(c.rw, rest) // the buffer is empty
-	return err
+	return n + m, err
 }
 
 // LastSum is the CRC-32C of the last payload ReadFrame returned, for

@@ -6,6 +6,8 @@ import (
 	"hash/crc32"
 	"io"
 	"math/rand/v2"
+	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -324,4 +326,39 @@ func TestCloseConcurrentlyAfterZstd(t *testing.T) {
 	}
 	w.Close()
 	w.Close()
+}
+
+// resetAfter returns the bytes of r up to n, then fails as a connection
+// reset by the peer does.
+type resetAfter struct {
+	r io.Reader
+	n int
+}
+
+func (ra *resetAfter) Read(p []byte) (int, error) {
+	if ra.n <= 0 {
+		return 0, syscall.ECONNRESET
+	}
+	p = p[:min(len(p), ra.n)]
+	k, err := ra.r.Read(p)
+	ra.n -= k
+	return k, err
+}
+
+func (ra *resetAfter) Write(p []byte) (int, error) { return len(p), nil }
+
+// A peer that goes away mid-frame may reset the connection instead of
+// closing it (it does when data of ours is unread on its side): the
+// refusal must still say the frame was cut short, and how far it got.
+func TestFrameCutShortByResetSaysTruncated(t *testing.T) {
+	var buf bytes.Buffer
+	b := sampleBatch(rand.New(rand.NewPCG(3, 5)), 5)
+	if err := NewConn(&buf).WriteFrame(TypeBatch, AppendBatch(nil, &b), CodecNone); err != nil {
+		t.Fatal(err)
+	}
+	cut := HeaderSize + 7
+	_, _, err := NewConn(&resetAfter{r: &buf, n: cut}).ReadFrame()
+	if err == nil || !errors.Is(err, syscall.ECONNRESET) || !strings.Contains(err.Error(), "frame truncated after 7 of") {
+		t.Fatalf("a reset mid-payload gave %v, want a truncated frame naming the reset", err)
+	}
 }
