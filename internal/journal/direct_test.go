@@ -6,12 +6,12 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"standby/internal/blockdev"
+	"standby/internal/directio/directiotest"
 )
 
 // Segments are appended past the page cache (internal/directio), which
@@ -121,14 +121,7 @@ func copyTree(t *testing.T, from, to string) {
 // segments through the page cache, says so, and every point stays exact
 // across a reopen.
 func TestUncachedRefusedFallsBackToTheCache(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root to mount a ramfs (a file system that refuses O_DIRECT)")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "ramfs", "ramfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mounting a ramfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	dir := directiotest.RefusingDir(t)
 	seed := testSeed(t)
 	rng := rand.New(rand.NewPCG(seed, 10))
 	var logs bytes.Buffer

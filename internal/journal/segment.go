@@ -492,34 +492,44 @@ func (j *Journal) finishWrite(buf []byte, at int64, recycle bool) error {
 // (internal/directio), which leaves zeros after the data up to a block
 // boundary until seal cuts them. Caller holds wmu.
 func (j *Journal) write(s *segment, buf []byte, at int64) error {
-	if s.app == nil && !j.cached {
-		a, err := directio.OpenAppender(s.path, at, &j.stage)
-		if err != nil {
+	if !j.cached {
+		if written, err := j.writeDirect(s, buf, at); written || err != nil {
 			return err
 		}
+	}
+	_, err := s.f.WriteAt(buf, at)
+	return err
+}
+
+// writeDirect is write past the page cache. When the file system refuses,
+// it writes nothing, reports written false, and turns uncached writes off
+// for good. Caller holds wmu.
+func (j *Journal) writeDirect(s *segment, buf []byte, at int64) (written bool, err error) {
+	refused := func(why error) (bool, error) {
+		j.cached = true
+		j.log.Info("the file system refuses O_DIRECT: journal segments are written through the page cache", "dir", j.dir, "why", why)
+		return false, nil
+	}
+	if s.app == nil {
+		a, err := directio.OpenAppender(s.path, at, &j.stage)
+		if err != nil {
+			return false, err
+		}
 		if a == nil {
-			j.cached = true
-			j.log.Info("the file system refuses O_DIRECT: journal segments are written through the page cache", "dir", j.dir)
+			return refused(errors.New("O_DIRECT refused at open"))
 		}
 		s.app = a
 	}
-	if s.app == nil {
-		_, err := s.f.WriteAt(buf, at)
-		return err
-	}
 	if s.app.Size() != at {
-		return fmt.Errorf("journal: writing at %d of %s, whose data ends at %d", at, s.path, s.app.Size())
+		return false, fmt.Errorf("journal: writing at %d of %s, whose data ends at %d", at, s.path, s.app.Size())
 	}
-	err := s.app.Append(buf)
+	err = s.app.Append(buf)
 	if errors.Is(err, directio.ErrRefused) {
-		// Nothing was written: the cache takes these bytes and the rest.
-		j.log.Info("the file system refused an O_DIRECT write: journal segments are written through the page cache", "segment", s.path, "err", err)
 		s.app.Close()
 		s.app = nil
-		j.cached = true
-		_, err = s.f.WriteAt(buf, at)
+		return refused(err)
 	}
-	return err
+	return err == nil, err
 }
 
 // seal cuts the zeros an uncached append leaves past the data of s and

@@ -6,6 +6,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"standby/internal/directio/directiotest"
 )
 
 // directEnv makes every log the tests open write and read past the page
@@ -110,24 +112,10 @@ func filesHoldExactly(t *testing.T, dir string, sizes map[string]int64) bool {
 	return true
 }
 
-// ramfsDir mounts a ramfs, which refuses O_DIRECT at open, for the test.
-func ramfsDir(t *testing.T) string {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test needs root to mount a ramfs (a file system that refuses O_DIRECT)")
-	}
-	dir := t.TempDir()
-	if out, err := exec.Command("mount", "-t", "ramfs", "ramfs", dir).CombinedOutput(); err != nil {
-		t.Fatalf("mounting a ramfs: %v: %s", err, out)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-	return dir
-}
-
 // On a file system that refuses O_DIRECT, a Direct log writes and reads
 // through the page cache, says so once, and loses nothing.
 func TestDirectRefusedFallsBackToTheCache(t *testing.T) {
-	dir := ramfsDir(t)
+	dir := directiotest.RefusingDir(t)
 	logger, records := newRecordingLogger()
 	l, err := Open(dir, Options{SegmentSize: 64 << 10, Direct: true, Logger: logger})
 	if err != nil {

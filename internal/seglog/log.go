@@ -345,18 +345,12 @@ func (l *Log) write(e Entry, recLen int64) (uint64, error) {
 	}
 	off := act.size // changes only under wmu, which we hold
 	var err error
+	written := false
 	if l.opts.Direct && !l.cached {
-		err = l.writeDirect(act, e, off)
-	} else if len(e.Data) <= smallRecord {
-		// One write call instead of two for small entries.
-		l.scratch = appendRecord(l.scratch[:0], e)
-		_, err = l.wf.WriteAt(l.scratch, off)
-	} else {
-		l.scratch = append(l.scratch[:0], make([]byte, headerSize)...)
-		putHeader(l.scratch, e)
-		if _, err = l.wf.WriteAt(l.scratch, off); err == nil {
-			_, err = l.wf.WriteAt(e.Data, off+headerSize)
-		}
+		written, err = l.writeDirect(act, e, off)
+	}
+	if !written && err == nil {
+		err = l.writeCached(e, off)
 	}
 	if err != nil {
 		err = fmt.Errorf("writing %s at offset %d: %w", act.path, off, err)
@@ -394,40 +388,52 @@ func (l *Log) write(e Entry, recLen int64) (uint64, error) {
 	return l.committed, nil
 }
 
-// writeDirect appends e's record to act at off past the page cache, or
-// through it from now on if the file system refuses. l.wmu held.
-func (l *Log) writeDirect(act *segment, e Entry, off int64) error {
+// writeDirect appends e's record to act at off past the page cache. When
+// the file system refuses, it writes nothing, reports written false, and
+// turns Options.Direct off for good. l.wmu held.
+func (l *Log) writeDirect(act *segment, e Entry, off int64) (written bool, err error) {
+	refused := func(why error) (bool, error) {
+		l.cached = true
+		l.log.Info("the file system refuses O_DIRECT: segments are written through the page cache", "dir", l.dir, "why", why)
+		return false, nil
+	}
 	if act.app == nil {
 		a, err := directio.OpenAppender(act.path, off, &l.stage)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if a == nil {
-			return l.writeCached(e, off, fmt.Errorf("O_DIRECT refused at open"))
+			return refused(errors.New("O_DIRECT refused at open"))
 		}
 		act.app = a
 	}
 	if act.app.Size() != off {
-		return fmt.Errorf("appending at %d of %s, whose data ends at %d", off, act.path, act.app.Size())
+		return false, fmt.Errorf("appending at %d of %s, whose data ends at %d", off, act.path, act.app.Size())
 	}
 	var hdr [headerSize]byte
 	putHeader(hdr[:], e)
-	err := act.app.Append(hdr[:], e.Data)
+	err = act.app.Append(hdr[:], e.Data)
 	if errors.Is(err, directio.ErrRefused) {
-		act.app.Close()
-		act.app = nil
-		return l.writeCached(e, off, err)
+		closeApp(act)
+		return refused(err)
 	}
-	return err
+	return err == nil, err
 }
 
-// writeCached turns Options.Direct off for good and writes e's record at
-// off through the page cache. l.wmu held.
-func (l *Log) writeCached(e Entry, off int64, why error) error {
-	l.cached = true
-	l.log.Info("the file system refuses O_DIRECT: segments are written through the page cache", "dir", l.dir, "why", why)
-	l.scratch = appendRecord(l.scratch[:0], e)
+// writeCached writes e's record at off through the page cache. l.wmu held.
+func (l *Log) writeCached(e Entry, off int64) error {
+	if len(e.Data) <= smallRecord {
+		// One write call instead of two for small entries.
+		l.scratch = appendRecord(l.scratch[:0], e)
+		_, err := l.wf.WriteAt(l.scratch, off)
+		return err
+	}
+	l.scratch = append(l.scratch[:0], make([]byte, headerSize)...)
+	putHeader(l.scratch, e)
 	_, err := l.wf.WriteAt(l.scratch, off)
+	if err == nil {
+		_, err = l.wf.WriteAt(e.Data, off+headerSize)
+	}
 	return err
 }
 
