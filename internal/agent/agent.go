@@ -558,7 +558,7 @@ func (a *Agent) session(ctx context.Context) error {
 	})
 	select {
 	case err := <-errc:
-		return err
+		return wire.PreferRefusal(err, errc, 200*time.Millisecond)
 	case <-ctx.Done():
 		return nil
 	}

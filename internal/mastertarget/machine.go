@@ -48,6 +48,11 @@ type machine struct {
 	relay   *relay.Queue // copy batches applied without the intake log
 	replica []*blockdev.Disk
 	wg      sync.WaitGroup
+	// stop ends the goroutines start began (apply, retention).
+	stop context.CancelFunc
+	// openedAt and retryDelay pace reopenAfterFailure.
+	openedAt   time.Time
+	retryDelay time.Duration
 	// directBuf stages copies for uncached replica writes; apply's only.
 	directBuf []byte
 	// bufs recycles batch buffers: relayed frames' (from the session) and
@@ -95,7 +100,7 @@ func openMachine(s *Server, name string, disks []wire.DiskInfo) (*machine, error
 		return nil, fmt.Errorf("invalid machine name %q", name)
 	}
 	dir := filepath.Join(s.cfg.DataDir, name)
-	m := &machine{s: s, name: name, dir: dir, notify: make(chan struct{}, 1), relay: relay.NewSharedQueue(max(s.cfg.RelayBytes, 0), s.relayBudget), bufs: s.bufs}
+	m := &machine{s: s, name: name, dir: dir, openedAt: time.Now(), notify: make(chan struct{}, 1), relay: relay.NewSharedQueue(max(s.cfg.RelayBytes, 0), s.relayBudget), bufs: s.bufs}
 	m.cond = sync.NewCond(&m.mu)
 	b, err := os.ReadFile(filepath.Join(dir, stateFile))
 	switch {
@@ -279,8 +284,15 @@ func (m *machine) close() {
 		return
 	}
 	m.closed = true
+	// A session still on this machine sees itself stale and hangs up, so
+	// the process server reconnects to whatever replaces it.
+	m.session++
 	m.cond.Broadcast()
+	stop := m.stop
 	m.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
 	for _, r := range m.replica {
 		r.Close()
 	}
@@ -302,10 +314,18 @@ func (m *machine) start(ctx context.Context) {
 		return
 	}
 	m.started = true
+	parent := ctx
+	ctx, m.stop = context.WithCancel(ctx)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		m.runApply(ctx)
+		m.mu.Lock()
+		failed := m.applyErr != "" && !m.closed
+		m.mu.Unlock()
+		if failed {
+			go m.s.reopenAfterFailure(parent, m)
+		}
 	}()
 	m.wg.Add(1)
 	go func() {
@@ -578,4 +598,15 @@ func (m *machine) updateDurableLocked() {
 // is stored: a record outside its disk is refused whole, never clipped.
 func (m *machine) validate(b *wire.Batch) error {
 	return wire.ValidateBatch(b, m.layout)
+}
+
+// stoppedErr says why a machine takes no sessions: its apply stopped on an
+// error and it is closed until reopenAfterFailure has opened it afresh.
+func (m *machine) stoppedErr() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.closed {
+		return nil
+	}
+	return fmt.Errorf("machine %s is stopped until it is reopened from its files (apply stopped: %s)", m.name, m.applyErr)
 }

@@ -283,6 +283,9 @@ func (s *Server) machine(h wire.Hello) (*machine, error) {
 		if err := m.checkDisks(h.Disks); err != nil {
 			return nil, err
 		}
+		if err := m.stoppedErr(); err != nil {
+			return nil, err
+		}
 		return m, nil
 	}
 	m, err := openMachine(s, h.Machine, h.Disks)
@@ -294,6 +297,65 @@ func (s *Server) machine(h wire.Hello) (*machine, error) {
 		m.start(s.runCtx)
 	}
 	return m, nil
+}
+
+// reopenAfterFailure gives a machine whose apply stopped on an error (a
+// full file system, an I/O error) a fresh start from its files, as a
+// restart of the master target would, and keeps trying until that works:
+// an operator who frees space should not also have to restart the master
+// target, and other machines on it should not have to stop for this one.
+// A fresh start is the only safe one: after a failed write or fsync the
+// undo journal knows nothing about its files (a sticky error), and its
+// recovery on open is what sorts that out. The machine's open views go
+// with it, as they would in a restart. Replay from the last checkpoint is
+// idempotent, so whatever apply had done past it is simply done again.
+func (s *Server) reopenAfterFailure(ctx context.Context, old *machine) {
+	lg := s.log.With("machine", old.name)
+	// A machine that stops again soon after a reopen (the space was not
+	// freed) waits longer each time, up to a minute.
+	delay := 5 * time.Second
+	if old.retryDelay > 0 && time.Since(old.openedAt) < 10*time.Minute {
+		delay = old.retryDelay
+	}
+	for ; ; delay = min(2*delay, time.Minute) {
+		lg.Warn("apply stopped: reopening the machine from its files", "in", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		if old.stop != nil {
+			old.stop()
+		}
+		old.wg.Wait()
+		s.closeViewsOf(old)
+		old.close()
+		s.mu.Lock()
+		if s.machines[old.name] != old || ctx.Err() != nil {
+			s.mu.Unlock()
+			return
+		}
+		m, err := openMachine(s, old.name, nil)
+		if err != nil {
+			s.mu.Unlock()
+			old.mu.Lock()
+			old.applyErr = fmt.Sprintf("%s; reopening: %v", old.applyErr, err)
+			old.mu.Unlock()
+			lg.Error("reopening machine after apply stopped", "err", err)
+			continue
+		}
+		old.mu.Lock()
+		m.events = append(m.events, old.events...)
+		stopped := old.applyErr
+		old.mu.Unlock()
+		from := m.live.AppliedSeq + 1
+		m.retryDelay = min(2*delay, time.Minute)
+		s.machines[m.name] = m
+		m.start(ctx)
+		s.mu.Unlock()
+		m.event("info", fmt.Sprintf("machine reopened after apply stopped (%s); applying from seq %d", stopped, from))
+		return
+	}
 }
 
 // Status of the master target.

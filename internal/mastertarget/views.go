@@ -189,6 +189,21 @@ func (s *Server) closeView(id string) error {
 	return errs
 }
 
+// closeViewsOf closes the views of one machine.
+func (s *Server) closeViewsOf(m *machine) {
+	s.mu.Lock()
+	var ids []string
+	for id, v := range s.views {
+		if v.m == m {
+			ids = append(ids, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range ids {
+		_ = s.closeView(id)
+	}
+}
+
 func (s *Server) closeAllViews() {
 	s.mu.Lock()
 	ids := make([]string, 0, len(s.views))

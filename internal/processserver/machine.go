@@ -418,6 +418,7 @@ func (m *machine) forward(ctx context.Context) error {
 	err = nil
 	select {
 	case err = <-errc:
+		err = wire.PreferRefusal(err, errc, 200*time.Millisecond)
 	case <-ctx.Done():
 	}
 	cancel()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"strings"
@@ -189,14 +190,75 @@ func TestDialChecksServerName(t *testing.T) {
 // time of both ends per GiB (the wall time on a shared machine says less).
 func BenchmarkFrames8MiB(b *testing.B) {
 	client, server := pair(b)
+	streamBench(b, func(p []byte) error { return client.WriteFrame(wire.TypeBatch, p, wire.CodecNone) },
+		func([]byte) error { _, _, err := server.ReadFrame(); return err })
+}
+
+func cpuTime(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkTLSStream8MiB is BenchmarkFrames8MiB without the framing: the
+// same 8 MiB writes straight to the mutual-TLS stream. With
+// BenchmarkTCPStream8MiB it splits a hop's cost into what the loopback
+// socket costs, what TLS adds and what the frames add (docs/benchmarks.md,
+// "What limits the misses now").
+func BenchmarkTLSStream8MiB(b *testing.B) {
+	client, server := pair(b)
+	streamBench(b, func(p []byte) error { _, err := client.WriteRaw(p); return err }, readFull(server.TLS))
+}
+
+// BenchmarkTCPStream8MiB streams 8 MiB writes over a plain loopback TCP
+// connection: the floor under any hop.
+func BenchmarkTCPStream8MiB(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(accepted)
+			return
+		}
+		accepted <- c
+	}()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer client.Close()
+	server, ok := <-accepted
+	if !ok {
+		b.Fatal("accept failed")
+	}
+	defer server.Close()
+	streamBench(b, func(p []byte) error { _, err := client.Write(p); return err }, readFull(server))
+}
+
+func readFull(r io.Reader) func([]byte) error {
+	return func(buf []byte) error { _, err := io.ReadFull(r, buf); return err }
+}
+
+// streamBench sends 8 MiB payloads with write while a goroutine takes them
+// with read, and reports the CPU time of both ends per GiB (the wall time
+// on a shared machine says less).
+func streamBench(b *testing.B, write, read func([]byte) error) {
 	payload := make([]byte, 8<<20)
 	for i := range payload {
 		payload[i] = byte(i / 4093)
 	}
 	done := make(chan error, 1)
 	go func() {
+		buf := make([]byte, len(payload))
 		for range b.N {
-			if _, _, err := server.ReadFrame(); err != nil {
+			if err := read(buf); err != nil {
 				done <- err
 				return
 			}
@@ -207,7 +269,7 @@ func BenchmarkFrames8MiB(b *testing.B) {
 	before := cpuTime(b)
 	b.ResetTimer()
 	for range b.N {
-		if err := client.WriteFrame(wire.TypeBatch, payload, wire.CodecNone); err != nil {
+		if err := write(payload); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -217,12 +279,4 @@ func BenchmarkFrames8MiB(b *testing.B) {
 	b.StopTimer()
 	gib := float64(b.N) * float64(len(payload)) / (1 << 30)
 	b.ReportMetric((cpuTime(b)-before).Seconds()/gib, "cpu-s/GiB")
-}
-
-func cpuTime(tb testing.TB) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		tb.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -3,7 +3,9 @@ package wire
 import (
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"time"
 )
 
 // Op is what a record does to a replica disk.
@@ -324,6 +326,30 @@ type ErrorMsg struct {
 }
 
 func (e *ErrorMsg) Error() string { return e.Code + ": " + e.Message }
+
+// PreferRefusal is how a session's end is told: first, the first error
+// from errc, unless it is not the peer's refusal and that refusal (an
+// *ErrorMsg) follows on errc within grace. A peer that refuses a session
+// (a full disk, a bad batch) sends why and hangs up, and the hang-up often
+// reaches the writer first, as a reset that says nothing of the cause.
+func PreferRefusal(first error, errc <-chan error, grace time.Duration) error {
+	var em *ErrorMsg
+	if first == nil || errors.As(first, &em) {
+		return first
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-errc:
+			if errors.As(err, &em) {
+				return err
+			}
+		case <-t.C:
+			return first
+		}
+	}
+}
 
 // WriteJSON sends a JSON control frame.
 func (c *Conn) WriteJSON(t Type, v any) error {

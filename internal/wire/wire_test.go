@@ -3,12 +3,14 @@ package wire
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func sampleBatch(r *rand.Rand, n int) Batch {
@@ -360,5 +362,28 @@ func TestFrameCutShortByResetSaysTruncated(t *testing.T) {
 	_, _, err := NewConn(&resetAfter{r: &buf, n: cut}).ReadFrame()
 	if err == nil || !errors.Is(err, syscall.ECONNRESET) || !strings.Contains(err.Error(), "frame truncated after 7 of") {
 		t.Fatalf("a reset mid-payload gave %v, want a truncated frame naming the reset", err)
+	}
+}
+
+func TestPreferRefusal(t *testing.T) {
+	reset := errors.New("write: connection reset by peer")
+	refusal := &ErrorMsg{Code: "cache", Message: "no space left on device"}
+
+	errc := make(chan error, 1)
+	errc <- fmt.Errorf("reading: %w", refusal)
+	if err := PreferRefusal(reset, errc, time.Second); !strings.Contains(fmt.Sprint(err), "no space left") {
+		t.Fatalf("a refusal that follows the reset: got %v", err)
+	}
+	start := time.Now()
+	if err := PreferRefusal(reset, make(chan error), 50*time.Millisecond); err != reset || time.Since(start) < 50*time.Millisecond {
+		t.Fatalf("no refusal: got %v after %v, want the reset after the grace", err, time.Since(start))
+	}
+	errc <- errors.New("another transport error")
+	if err := PreferRefusal(reset, errc, 50*time.Millisecond); err != reset {
+		t.Fatalf("only transport errors: got %v, want the first", err)
+	}
+	start = time.Now()
+	if err := PreferRefusal(refusal, make(chan error), time.Hour); err != refusal || time.Since(start) > time.Second {
+		t.Fatalf("a refusal first: got %v after %v, want it at once", err, time.Since(start))
 	}
 }
