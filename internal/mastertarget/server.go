@@ -317,6 +317,9 @@ func (s *Server) reopenAfterFailure(ctx context.Context, old *machine) {
 	if old.retryDelay > 0 && time.Since(old.openedAt) < 10*time.Minute {
 		delay = old.retryDelay
 	}
+	old.mu.Lock()
+	stopped := old.applyErr
+	old.mu.Unlock()
 	for ; ; delay = min(2*delay, time.Minute) {
 		lg.Warn("apply stopped: reopening the machine from its files", "in", delay)
 		select {
@@ -339,14 +342,13 @@ func (s *Server) reopenAfterFailure(ctx context.Context, old *machine) {
 		if err != nil {
 			s.mu.Unlock()
 			old.mu.Lock()
-			old.applyErr = fmt.Sprintf("%s; reopening: %v", old.applyErr, err)
+			old.applyErr = fmt.Sprintf("%s; reopening: %v", stopped, err)
 			old.mu.Unlock()
 			lg.Error("reopening machine after apply stopped", "err", err)
 			continue
 		}
 		old.mu.Lock()
 		m.events = append(m.events, old.events...)
-		stopped := old.applyErr
 		old.mu.Unlock()
 		from := m.live.AppliedSeq + 1
 		m.retryDelay = min(2*delay, time.Minute)
