@@ -24,13 +24,7 @@ func TestUncachedAppendPadding(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 9))
 	r := newRig(t, smallSizes, Options{SegmentSize: 512 << 10})
 	ops := genOps(seed, smallSizes, 300, 1)
-	a := r.j.NewApplier(8)
-	for _, o := range ops {
-		r.apply(a, o)
-	}
-	if err := a.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r.applyAll(ops)
 	if r.j.cached {
 		t.Fatal("the file system of the test's temporary directory refused O_DIRECT: the test needs one that takes it")
 	}
@@ -135,13 +129,7 @@ func TestUncachedRefusedFallsBackToTheCache(t *testing.T) {
 	r.open()
 	t.Cleanup(r.close) // before the unmount
 	ops := genOps(seed, smallSizes, 300, 1)
-	a := r.j.NewApplier(8)
-	for _, o := range ops {
-		r.apply(a, o)
-	}
-	if err := a.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r.applyAll(ops)
 	if !r.j.cached {
 		t.Fatal("the ramfs took O_DIRECT: the test needs a file system that refuses it")
 	}

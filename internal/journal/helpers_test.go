@@ -293,3 +293,15 @@ func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
 }
+
+// applyAll applies ops through one applier of depth 8 and flushes it.
+func (r *rig) applyAll(ops []op) {
+	r.t.Helper()
+	a := r.j.NewApplier(8)
+	for _, o := range ops {
+		r.apply(a, o)
+	}
+	if err := a.Flush(); err != nil {
+		r.t.Fatal(err)
+	}
+}

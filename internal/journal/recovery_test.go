@@ -40,13 +40,7 @@ func TestReopen(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 4))
 	r := newRig(t, smallSizes, Options{SegmentSize: 512 << 10})
 	ops := genOps(seed, smallSizes, 500, 1)
-	a := r.j.NewApplier(8)
-	for _, o := range ops {
-		r.apply(a, o)
-	}
-	if err := a.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r.applyAll(ops)
 	before := r.j.Stats()
 	points := spreadPoints(ops, 12, rng)
 	checkPoints(t, r.j, smallSizes, ops, points)
@@ -63,13 +57,7 @@ func TestReopen(t *testing.T) {
 	checkPoints(t, r.j, smallSizes, ops, points)
 	// Apply goes on after the reopen, in the same segments' chain.
 	more := genOps(seed+1, smallSizes, 200, ops[len(ops)-1].seq+1)
-	a = r.j.NewApplier(8)
-	for _, o := range more {
-		r.apply(a, o)
-	}
-	if err := a.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r.applyAll(more)
 	all := append(append([]op{}, ops...), more...)
 	checkPoints(t, r.j, smallSizes, all, spreadPoints(all, 12, rng))
 }
@@ -99,13 +87,7 @@ func TestCrashTruncate(t *testing.T) {
 	rng := rand.New(rand.NewPCG(seed, 5))
 	r := newRig(t, smallSizes, Options{SegmentSize: 512 << 10})
 	ops := genOps(seed, smallSizes, 600, 1)
-	a := r.j.NewApplier(8)
-	for _, o := range ops {
-		r.apply(a, o)
-	}
-	if err := a.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r.applyAll(ops)
 	r.close()
 	names, _ := filepath.Glob(filepath.Join(r.journalDir(), "*.ujl"))
 	slices.Sort(names)
@@ -237,13 +219,7 @@ func copyDir(t *testing.T, from, to string) {
 func TestCorruption(t *testing.T) {
 	r := newRig(t, smallSizes, Options{SegmentSize: 256 << 10})
 	ops := genOps(11, smallSizes, 300, 1)
-	a := r.j.NewApplier(8)
-	for _, o := range ops {
-		r.apply(a, o)
-	}
-	if err := a.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	r.applyAll(ops)
 	r.close()
 	names, _ := filepath.Glob(filepath.Join(r.journalDir(), "*.ujl"))
 	slices.Sort(names)
