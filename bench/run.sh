@@ -430,6 +430,15 @@ pin() {
 	return 0
 }
 FIO_PIN=()
+# procs_cpu ROLE...: CPU seconds the roles' processes have used so far.
+procs_cpu() {
+	local n t=0
+	for n in "$@"; do t=$(calc "$t + $("$BU" cpu "${PIDS[$n]}")" 2); done
+	echo "$t"
+}
+# busy_cpu: CPU seconds the whole machine has spent not idle so far (every
+# process and the kernel's own work: fio, interrupts, writeback).
+busy_cpu() { awk '/^cpu /{printf "%.2f", ($2+$3+$4+$7+$8+$9)/100; exit}' /proc/stat; }
 run_fio() { # NAME URI OUTJSON extra...
 	local name=$1 uri=$2 json=$3
 	shift 3
@@ -470,24 +479,46 @@ bench_intercept() {
 				# of another.
 				wait_sync --timeout 5m >/dev/null || log "   (agent not drained before $job)"
 				sync
+				local roles=qemunbd c0 b0 c1 b1
+				[ "$tgt" = standby ] && roles="agent ps mt"
+				local rc0=() rc1=() k n detail=""
+				for k in $roles; do rc0+=("$(procs_cpu "$k")"); done
+				c0=$(procs_cpu $roles) b0=$(busy_cpu)
 				if [ "$tgt" = standby ]; then
 					start_monitor "b2-$job-r$r" agent
 					run_fio "$job" "$AURI" "$json" $(fio_args "$job") --runtime="$FIO_RUNTIME" --ramp_time="$FIO_RAMP" --time_based
 					msum=$(stop_monitor)
 					note_mem "2.$job-r$r" "$msum" info
+					# The CPU of a job includes the replication of its
+					# writes that was still running when fio stopped.
+					wait_sync --timeout 5m >/dev/null || log "   (agent not drained after $job)"
 				else
 					run_fio "$job" "$QURI" "$json" $(fio_args "$job") --runtime="$FIO_RUNTIME" --ramp_time="$FIO_RAMP" --time_based
 					msum=
 				fi
+				c1=$(procs_cpu $roles) b1=$(busy_cpu)
+				for k in $roles; do rc1+=("$(procs_cpu "$k")"); done
 				line=$("$BU" fio "$json")
-				log "   run $r $job $tgt: $line ${msum:+ | $msum}"
-				local iops bw
+				local iops bw ios cpuw busyw
 				iops=$(kv "$line" iops) bw=$(kv "$line" bw_bytes)
+				# fio counts no I/O of its ramp: the writes of the whole
+				# job are estimated at its measured rate.
+				ios=$(calc "$iops * ($FIO_RUNTIME + $FIO_RAMP)" 0)
+				cpuw=$(calc "($c1 - $c0) * 1e6 / ($ios + 1e-9)" 1) busyw=$(calc "($b1 - $b0) * 1e6 / ($ios + 1e-9)" 1)
+				k=0
+				for n in $roles; do
+					detail+=" cpu_us_per_write_$n=$(calc "(${rc1[$k]} - ${rc0[$k]}) * 1e6 / ($ios + 1e-9)" 1)"
+					k=$((k + 1))
+				done
+				log "   run $r $job $tgt: $line cpu_us_per_write=$cpuw busy_us_per_write=$busyw$detail ${msum:+ | $msum}"
 				rec "intercept" "$job-$tgt" iops "$iops"
 				rec "intercept" "$job-$tgt" bw_bytes "$bw"
 				rec "intercept" "$job-$tgt" lat_mean_us "$(kv "$line" lat_mean_us)"
+				rec "intercept" "$job-$tgt" cpu_us_per_write "$cpuw"
+				rec "intercept" "$job-$tgt" busy_us_per_write "$busyw"
 				if [ -z "${FIO[$job-$tgt-iops]:-}" ] || [ "$(calc "$iops > ${FIO[$job-$tgt-iops]}" 0)" = 1 ]; then
 					FIO[$job-$tgt-iops]=$iops FIO[$job-$tgt-bw]=$bw FIO[$job-$tgt-lat]=$(kv "$line" lat_mean_us)
+					FIO[$job-$tgt-cpuw]=$cpuw FIO[$job-$tgt-busyw]=$busyw
 					[ "$tgt" = standby ] && FIO[$job-mon]=$msum
 				fi
 			done
@@ -726,11 +757,13 @@ RES=$OUT/results.md
 	if want intercept; then
 		echo "## 2. Intercept overhead (best of $REPEAT_FIO)"
 		echo
-		echo "| job | qemu-nbd IOPS | standby IOPS | ratio | qemu-nbd mean lat | standby mean lat | standby replication during the job |"
-		echo "|---|---|---|---|---|---|---|"
+		echo "CPU per write: the CPU time of the export's processes (qemu-nbd; the agent, process server and master target, until the job's writes were applied) and of the whole machine (fio, the kernel and everything else included, from /proc/stat) during the job, divided by its writes (fio's rate × its ${FIO_RUNTIME} s + ${FIO_RAMP} s ramp). On CPUs that a job keeps busy, the ratio of the whole machine's figures is what bounds the ratio of the rates."
+		echo
+		echo "| job | qemu-nbd IOPS | standby IOPS | ratio | qemu-nbd mean lat | standby mean lat | CPU µs per write, qemu-nbd: export / machine | standby: roles / machine | standby replication during the job |"
+		echo "|---|---|---|---|---|---|---|---|---|"
 		for job in "${FIO_JOBS[@]}"; do
 			m=${FIO[$job-mon]:-} pj=$(peer_job "$job")
-			echo "| $job | $(calc "${FIO[$pj-qemu-nbd-iops]:-0}" 0) | $(calc "${FIO[$job-standby-iops]:-0}" 0) | $(ratio "${FIO[$job-standby-iops]:-0}/(${FIO[$pj-qemu-nbd-iops]:-0}+1e-9)")× | ${FIO[$pj-qemu-nbd-lat]:-} µs | ${FIO[$job-standby-lat]:-} µs | max lag $(kv "$m" max_lag) s, overflows $(kv "$m" overflows), bitmap mode seen $(kv "$m" bitmap_seen) |"
+			echo "| $job | $(calc "${FIO[$pj-qemu-nbd-iops]:-0}" 0) | $(calc "${FIO[$job-standby-iops]:-0}" 0) | $(ratio "${FIO[$job-standby-iops]:-0}/(${FIO[$pj-qemu-nbd-iops]:-0}+1e-9)")× | ${FIO[$pj-qemu-nbd-lat]:-} µs | ${FIO[$job-standby-lat]:-} µs | ${FIO[$pj-qemu-nbd-cpuw]:-} / ${FIO[$pj-qemu-nbd-busyw]:-} | ${FIO[$job-standby-cpuw]:-} / ${FIO[$job-standby-busyw]:-} | max lag $(kv "$m" max_lag) s, overflows $(kv "$m" overflows), bitmap mode seen $(kv "$m" bitmap_seen) |"
 		done
 		echo
 	fi
