@@ -213,6 +213,11 @@ func (c *conn) readLoop() error {
 			}
 			continue
 		}
+		// A goroutine per request grows a fresh stack on its way into the
+		// backend (runtime.newstack, 6 % of the agent's CPU at 4 KiB
+		// qd32), yet handing requests to waiting workers over a channel
+		// instead measured slower: 10.6–11.2 against 9.0–9.3 µs per write
+		// in BenchmarkWrite4KParallel.
 		go c.handle(req, buf, w)
 	}
 }

@@ -15,20 +15,26 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"standby/internal/localnet"
 )
 
 // Handler returns a mux with GET /status (the JSON of status()) and GET
-// /metrics (reg).
+// /metrics (reg, with the Go runtime's and the process's own metrics:
+// resident memory, heap, goroutines, CPU time, open files).
 func Handler(status func() any, reg *prometheus.Registry) *http.ServeMux {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		WriteJSON(w, status())
 	})
 	if reg != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		// A registry per handler: a package-level default one would be
+		// shared state between the roles a test runs in one process.
+		rt := prometheus.NewRegistry()
+		rt.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		mux.Handle("GET /metrics", promhttp.HandlerFor(prometheus.Gatherers{reg, rt}, promhttp.HandlerOpts{}))
 	}
 	return mux
 }
