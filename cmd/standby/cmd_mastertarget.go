@@ -14,6 +14,7 @@ func masterTargetCmd() *cobra.Command {
 		Use:   "master-target",
 		Short: "Receive changes at the secondary site, journal them durably and apply them to replica disks",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			memoryLimit(cmd)
 			if file != "" {
 				if err := config.Load(file, &c); err != nil {
 					return err
@@ -45,6 +46,10 @@ func masterTargetCmd() *cobra.Command {
 	f.Int64Var(&c.JournalBytes, "journal-bytes", 0, "undo journal space per machine; when full the oldest points go (0: unbounded)")
 	f.BoolVar(&c.NoJournal, "no-journal", false, "keep only the newest point (no undo journal)")
 	f.StringVar(&c.ViewListen, "view-listen", "", "serve views over TCP on host:port (default: a unix socket per view)")
+	// No limit by default: the master target's memory grows with the
+	// machines it serves, and a soft limit below the live heap makes the
+	// garbage collector run all the time.
+	f.Int64("memory-limit", 0, "soft memory limit in bytes for the Go runtime (0: none; GOMEMLIMIT overrides)")
 	tlsFlags(cmd, &c.TLS)
 	return cmd
 }
