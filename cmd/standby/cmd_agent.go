@@ -65,6 +65,7 @@ func agentCmd() *cobra.Command {
 	f.DurationVar(&c.SendLinger, "send-linger", 0, "how long a small batch waits for more writes before it is sent (default 2ms; negative: none)")
 	f.DurationVar(&c.EpochInterval, "epoch-interval", 0, "crash-consistent marker interval when the workload does not flush (default 1s)")
 	f.IntVar(&c.ResyncReaders, "resync-readers", 0, "copy reads in flight per disk during initial copy and resync (default 16)")
+	f.Int64Var(&c.CopyRate, "copy-rate", 0, "cap in bytes per second on what the initial copy, resyncs and scans read from the disks, all together (0: none); captured writes are never held")
 	f.StringArrayVar(&freeze, "freeze-hook", nil, "shell command freezing an application for app-consistent bookmarks (repeatable, paired with --thaw-hook)")
 	f.StringArrayVar(&thaw, "thaw-hook", nil, "shell command thawing it again")
 	f.DurationVar(&c.FreezeTimeout, "freeze-timeout", 0, "longest time writes are held for a bookmark; past it the agent thaws and reports failure (default 500ms)")

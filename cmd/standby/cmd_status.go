@@ -77,6 +77,9 @@ func printStatus(v any) {
 		if s.BitmapMode {
 			fmt.Fprint(w, ", BITMAP MODE")
 		}
+		if s.CopyRateLimit > 0 {
+			fmt.Fprintf(w, ", copies capped at %s/s", bytesH(s.CopyRateLimit))
+		}
 		fmt.Fprintln(w)
 		fmt.Fprintln(w, "DISK\tMODE\tSTATE\tSIZE\tPROGRESS\tRATE\tETA\tPENDING\tLAG\tAPPLIED SEQ")
 		for _, d := range s.Disks {

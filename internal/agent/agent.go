@@ -24,6 +24,7 @@ import (
 	"standby/internal/localnet"
 	"standby/internal/nbd"
 	"standby/internal/statusapi"
+	"standby/internal/throttle"
 	"standby/internal/transport"
 	"standby/internal/wire"
 )
@@ -66,6 +67,11 @@ type Config struct {
 	// 16): a catch-up reads scattered blocks, and a disk answers many
 	// small reads at once far faster than one after another.
 	ResyncReaders int `yaml:"resync_readers"`
+	// CopyRate caps, in bytes per second, what the initial copy, resyncs
+	// and scan passes read from this machine's disks, all disks together
+	// (0: no cap), so that they leave the workload its disk. Captured
+	// writes are never held by it. Holes are not read and do not count.
+	CopyRate int64 `yaml:"copy_rate"`
 
 	TLS    *tls.Config  `yaml:"-"`
 	Logger *slog.Logger `yaml:"-"`
@@ -111,6 +117,9 @@ func (c *Config) setDefaults() error {
 	if c.ResyncReaders == 0 {
 		c.ResyncReaders = 16
 	}
+	if c.CopyRate < 0 {
+		return fmt.Errorf("agent: copy_rate %d: want 0 (no cap) or bytes per second", c.CopyRate)
+	}
 	if c.ResyncReaders < 1 {
 		return fmt.Errorf("agent: resync_readers %d: want at least 1", c.ResyncReaders)
 	}
@@ -146,6 +155,9 @@ type Agent struct {
 	log   *slog.Logger
 	q     *queue
 	disks []*disk
+	// copyRate paces the reads of copies and scans (Config.CopyRate);
+	// nil when there is no cap.
+	copyRate *throttle.Limiter
 
 	gate writeGate
 	bmu  sync.Mutex
@@ -170,7 +182,8 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Logger.With("role", "agent", "machine", cfg.Machine), q: newQueue(boot, cfg.QueueBytes, cfg.QueueHold, cfg.SendLinger)}
+	a := &Agent{cfg: cfg, log: cfg.Logger.With("role", "agent", "machine", cfg.Machine), q: newQueue(boot, cfg.QueueBytes, cfg.QueueHold, cfg.SendLinger),
+		copyRate: throttle.New(cfg.CopyRate, int(cfg.ResyncChunk))}
 	for i, dc := range cfg.Disks {
 		d, err := a.openDisk(uint16(i), dc)
 		if err != nil {

@@ -81,6 +81,11 @@ func (d *disk) resyncReader(ctx context.Context, work <-chan struct{}) {
 			}
 			gen := d.a.q.generation()
 			if off, n, ok := d.tracker.TakeDirty(d.a.cfg.ResyncChunk); ok {
+				if err := d.paceCopy(ctx, off, n); err != nil {
+					// Shutting down: the range goes back to dirty.
+					d.a.q.requeueCopies()
+					return
+				}
 				if err := d.readCopy(gen, off, n); err != nil {
 					d.lastErr.Store(err.Error())
 					d.a.log.Error("resync read failed", "disk", d.cfg.Name, "err", err)
@@ -94,6 +99,26 @@ func (d *disk) resyncReader(ctx context.Context, work <-chan struct{}) {
 		case <-work:
 		}
 	}
+}
+
+// paceCopy waits until the copy rate allows reading the data of
+// [off, off+n): holes are not read, so they are not counted. It waits
+// before readCopy takes the range's region lock, so a workload write to
+// the range is never held up by the cap.
+func (d *disk) paceCopy(ctx context.Context, off, n int64) error {
+	if d.a.copyRate == nil {
+		return nil
+	}
+	var data int64
+	if err := d.dev.Extents(off, n, func(_, en int64, isData bool) error {
+		if isData {
+			data += en
+		}
+		return nil
+	}); err != nil {
+		data = n // readCopy will report the error; pace as if all were data
+	}
+	return d.a.copyRate.Wait(ctx, data)
 }
 
 // copiedTotal is how far the current sync is.
@@ -134,7 +159,7 @@ func (d *disk) runScan(ctx context.Context) error {
 		var err error
 		gen := d.a.q.generation()
 		d.scanning.Store(true)
-		stats, err = d.scanner.Pass(ctx, d.dev, func(c capture.Change) error {
+		stats, err = d.scanner.Pass(ctx, d.a.copyRate.ReaderAt(ctx, d.dev), func(c capture.Change) error {
 			if !started {
 				d.a.q.mu.Lock()
 				d.resyncing = true

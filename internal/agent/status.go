@@ -35,7 +35,8 @@ type Status struct {
 	QueueRecords  int          `json:"queue_records"`
 	BitmapMode    bool         `json:"bitmap_mode"`
 	Overflows     uint64       `json:"overflows"`
-	HeldWrites    uint64       `json:"held_writes"` // writes that waited for room in a full queue
+	HeldWrites    uint64       `json:"held_writes"`                             // writes that waited for room in a full queue
+	CopyRateLimit int64        `json:"copy_rate_limit_bytes_per_sec,omitempty"` // cap on copy and scan reads, all disks together
 	LagSeconds    float64      `json:"lag_seconds"`
 	Drained       bool         `json:"drained"`
 	BookmarkError string       `json:"last_bookmark_error,omitempty"`
@@ -51,6 +52,7 @@ func (a *Agent) Status() Status {
 	s.LastSeq, s.CachedSeq, s.DurableSeq = qs.LastSeq, qs.Cached, qs.Durable
 	s.QueueBytes, s.QueueRecords, s.BitmapMode, s.Overflows, s.HeldWrites = qs.Bytes, qs.Records, qs.BitmapMode, qs.Overflows, qs.Holds
 	s.LagSeconds = qs.Lag.Seconds()
+	s.CopyRateLimit = a.copyRate.Rate()
 	drained := qs.Durable >= qs.LastSeq
 	a.q.mu.Lock()
 	for _, d := range a.disks {

@@ -18,13 +18,7 @@ func (s *Server) waitBandwidth(ctx context.Context, n int) time.Duration {
 		return 0
 	}
 	start := time.Now()
-	for n > 0 {
-		k := min(n, s.limiter.Burst())
-		if err := s.limiter.WaitN(ctx, k); err != nil {
-			return time.Since(start)
-		}
-		n -= k
-	}
+	_ = s.limiter.Wait(ctx, int64(n)) // only ctx ends it: the session is going
 	return time.Since(start)
 }
 

@@ -18,13 +18,12 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"standby/internal/localnet"
 	"standby/internal/pki"
 	"standby/internal/relay"
 	"standby/internal/seglog"
 	"standby/internal/statusapi"
+	"standby/internal/throttle"
 	"standby/internal/transport"
 	"standby/internal/wire"
 )
@@ -65,7 +64,7 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	limiter *rate.Limiter
+	limiter *throttle.Limiter // nil: no bandwidth limit
 	// loopbackMT: the master target is on this machine (see chooseCodec).
 	loopbackMT bool
 	// relayBudget and bufs are shared by every machine: the memory for
@@ -110,9 +109,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "process-server"), machines: map[string]*machine{}, loopbackMT: localnet.IsLoopback(cfg.MasterTarget),
 		relayBudget: relay.NewBudget(max(cfg.RelayTotalBytes, 0)), bufs: wire.NewBufferPool(48 << 20)}
-	if cfg.BandwidthLimit > 0 {
-		s.limiter = rate.NewLimiter(rate.Limit(cfg.BandwidthLimit), int(max(cfg.BandwidthLimit/10, 8<<20)))
-	}
+	s.limiter = throttle.New(cfg.BandwidthLimit, 8<<20)
 	if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
 		return nil, fmt.Errorf("process server: creating cache dir: %w", err)
 	}

@@ -1,0 +1,77 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var resyncTookRE = regexp.MustCompile(`resync complete.* disk=disk0 took=(\S+)`)
+
+// TestCopyRateCapsInitialCopy runs the initial copy under --copy-rate: it
+// reads the disk's data no faster than the cap, does not count the holes
+// of a sparse disk, leaves writes through the export unheld, and the
+// replica comes out identical.
+func TestCopyRateCapsInitialCopy(t *testing.T) {
+	requireTools(t, "qemu-io")
+	const size = 1 << 30 // mostly holes: at the cap they would take 128 s
+	const capRate = 8 << 20
+	c := newCluster(t, []int64{size}, func(c *cluster) {
+		c.extraAgent = []string{"--copy-rate", fmt.Sprint(capRate)}
+	})
+	fillRandom(t, c.disks[0], 11, 24)
+	var st syscall.Stat_t
+	if err := syscall.Stat(c.disks[0], &st); err != nil {
+		t.Fatal(err)
+	}
+	data := st.Blocks * 512
+	c.mt.start()
+	c.ps.start()
+	c.ag.start()
+	c.waitSocket()
+
+	// The cap shows in the status, and a workload write during the copy
+	// goes through.
+	as, err := c.agentStatus()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if as.CopyRateLimit != capRate {
+		t.Fatalf("status copy_rate_limit_bytes_per_sec = %d, want %d", as.CopyRateLimit, capRate)
+	}
+	if out := cli(t, "status", c.agStat); !strings.Contains(out, "copies capped at 8.0MiB/s") {
+		t.Fatalf("standby status does not show the cap:\n%s", out)
+	}
+	if as.Disks[0].State == "replicating" {
+		t.Fatalf("initial copy of %d bytes at %d bytes/s already done when the export came up: nothing was capped", data, capRate)
+	}
+	runQemuIO(t, c.nbdURI(0), "write -P 0x5a 512M 1M\nflush\n")
+	c.waitIdentical(2 * time.Minute)
+
+	b, _ := os.ReadFile(c.ag.log)
+	m := resyncTookRE.FindSubmatch(b)
+	if m == nil {
+		t.Fatal("agent log has no 'resync complete' for disk0")
+	}
+	took, err := time.ParseDuration(string(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The bucket starts full (a tenth of a second's worth, at least one
+	// 4 MiB chunk); the rest of the data can go no faster than the cap.
+	burst := max(int64(capRate/10), 4<<20)
+	floor := time.Duration(float64(data-burst) / capRate * float64(time.Second))
+	t.Logf("initial copy of %d data bytes (%d-byte disk) took %v at a cap of %d bytes/s (floor %v)", data, size, took, capRate, floor)
+	if took < floor-100*time.Millisecond {
+		t.Fatalf("initial copy of %d bytes took %v: faster than the cap of %d bytes/s allows (%v)", data, took, capRate, floor)
+	}
+	// Holes are not read and must not be paced: at the cap the whole
+	// disk would take 128 s.
+	if took > 60*time.Second {
+		t.Fatalf("initial copy took %v: the cap is charging the disk's holes", took)
+	}
+}
