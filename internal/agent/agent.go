@@ -70,7 +70,8 @@ type Config struct {
 	// CopyRate caps, in bytes per second, what the initial copy, resyncs
 	// and scan passes read from this machine's disks, all disks together
 	// (0: no cap), so that they leave the workload its disk. Captured
-	// writes are never held by it. Holes are not read and do not count.
+	// writes are never held by it. Copies skip holes, which do not count;
+	// a scan pass reads (and is paced for) the whole disk.
 	CopyRate int64 `yaml:"copy_rate"`
 
 	TLS    *tls.Config  `yaml:"-"`
