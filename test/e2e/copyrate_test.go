@@ -75,3 +75,40 @@ func TestCopyRateCapsInitialCopy(t *testing.T) {
 		t.Fatalf("initial copy took %v: the cap is charging the disk's holes", took)
 	}
 }
+
+var scanTookRE = regexp.MustCompile(`scan pass done.* disk=disk0 .*took=(\S+)`)
+
+// TestCopyRateCapsScanPass: a scan pass reads the whole disk, holes too,
+// and --copy-rate paces all of it.
+func TestCopyRateCapsScanPass(t *testing.T) {
+	const size = 48 << 20
+	const capRate = 16 << 20
+	c := newCluster(t, []int64{size}, func(c *cluster) {
+		c.extraAgent = []string{"--copy-rate", fmt.Sprint(capRate)}
+	})
+	fillRandom(t, c.disks[0], 12, 8)
+	for i, a := range c.ag.args {
+		if a == "--disk" {
+			c.ag.args[i+1] += ",mode=scan,interval=1h"
+		}
+	}
+	c.mt.start()
+	c.ps.start()
+	c.ag.start()
+	c.waitIdentical(2 * time.Minute)
+	b, _ := os.ReadFile(c.ag.log)
+	m := scanTookRE.FindSubmatch(b)
+	if m == nil {
+		t.Fatal("agent log has no 'scan pass done' for disk0")
+	}
+	took, err := time.ParseDuration(string(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	burst := max(int64(capRate/10), 4<<20)
+	floor := time.Duration(float64(size-burst) / capRate * float64(time.Second))
+	t.Logf("scan pass of a %d-byte disk took %v at a cap of %d bytes/s (floor %v)", size, took, capRate, floor)
+	if took < floor-100*time.Millisecond {
+		t.Fatalf("scan pass of %d bytes took %v: faster than the cap of %d bytes/s allows (%v)", size, took, capRate, floor)
+	}
+}
