@@ -56,7 +56,7 @@ func requireTools(t *testing.T, tools ...string) {
 	t.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Fatalf("%s is required by this test and is not installed (apt-get install qemu-utils libnbd-bin nbdfuse fuse3 e2fsprogs)", tool)
+			t.Fatalf("%s is required by this test and is not installed (apt-get install qemu-utils libnbd-bin nbdfuse fuse3 e2fsprogs systemd; scripts/test installs them all)", tool)
 		}
 	}
 }
