@@ -42,6 +42,7 @@ func processServerCmd() *cobra.Command {
 	f.Int64Var(&c.RelayTotalBytes, "relay-total-bytes", 0, "memory for such copies of all machines together; past it they go through the cache (default 64 MiB)")
 	f.StringVar(&c.Compression, "compression", "", "none, s2, zstd or adaptive (default adaptive)")
 	f.Int64Var(&c.BandwidthLimit, "bandwidth", 0, "bytes per second toward the master target (0: unlimited)")
+	f.StringArrayVar(&c.BandwidthSchedule, "bandwidth-schedule", nil, "limit by local time: \"DAYS HH:MM-HH:MM BYTES_PER_SEC\", e.g. \"Mon-Fri 08:00-18:00 20000000\" (repeatable; the first match wins, --bandwidth outside them)")
 	f.StringVar(&c.StatusListen, "status", "", "status/metrics HTTP listener host:port (loopback)")
 	f.Int64("memory-limit", 160<<20, "soft memory limit in bytes for the Go runtime (GOMEMLIMIT overrides)")
 	tlsFlags(cmd, &c.TLS)

@@ -96,7 +96,14 @@ func printStatus(v any) {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%.1fs\t%d\n", d.Name, d.Mode, d.State, bytesH(d.Size), prog, rate, eta, bytesH(d.PendingBytes), d.LagSeconds, d.AppliedSeq)
 		}
 	case *processserver.Status:
-		fmt.Fprintf(w, "process server %s on %s → %s, compression %s\n", s.Name, s.Listen, s.MasterTarget, s.Compression)
+		fmt.Fprintf(w, "process server %s on %s → %s, compression %s", s.Name, s.Listen, s.MasterTarget, s.Compression)
+		if s.Bandwidth > 0 {
+			fmt.Fprintf(w, ", bandwidth %s/s", bytesH(s.Bandwidth))
+		}
+		if s.BandwidthWindow != "" {
+			fmt.Fprintf(w, " (schedule: %s)", s.BandwidthWindow)
+		}
+		fmt.Fprintln(w)
 		fmt.Fprintln(w, "MACHINE\tAGENT\tMASTER TARGET\tCACHE\tFILL\tLAST SEQ\tDURABLE SEQ\tCODEC\tRATIO")
 		for _, m := range s.Machines {
 			fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%.1f%%\t%d\t%d\t%s\t%.2f\n", m.Machine, upDown(m.AgentConnected), upDown(m.MTConnected), bytesH(m.CacheBytes), 100*m.CacheFill, m.LastSeq, m.DurableSeq, m.Codec, m.CompressionRatio)

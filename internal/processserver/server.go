@@ -52,8 +52,12 @@ type Config struct {
 	// bottleneck, s2 while the CPU is).
 	Compression string `yaml:"compression"`
 	// BandwidthLimit caps bytes per second on the wire to the master target.
-	BandwidthLimit int64  `yaml:"bandwidth_limit"`
-	StatusListen   string `yaml:"status_listen"`
+	BandwidthLimit int64 `yaml:"bandwidth_limit"`
+	// BandwidthSchedule overrides it by local time of day and week:
+	// "DAYS HH:MM-HH:MM BYTES_PER_SEC" entries (throttle.ParseWindow), the
+	// first that matches wins; BandwidthLimit applies outside them.
+	BandwidthSchedule []string `yaml:"bandwidth_schedule"`
+	StatusListen      string   `yaml:"status_listen"`
 
 	ServerTLS *tls.Config  `yaml:"-"` // for agents
 	ClientTLS *tls.Config  `yaml:"-"` // to the master target
@@ -64,7 +68,11 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	limiter *throttle.Limiter // nil: no bandwidth limit
+	limiter *throttle.Limiter // nil: no bandwidth limit and no schedule
+	// schedule is set when BandwidthSchedule is; window is the entry in
+	// force ("" for bandwidth_limit), guarded by mu.
+	schedule *throttle.Schedule
+	window   string
 	// loopbackMT: the master target is on this machine (see chooseCodec).
 	loopbackMT bool
 	// relayBudget and bufs are shared by every machine: the memory for
@@ -110,6 +118,19 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger.With("role", "process-server"), machines: map[string]*machine{}, loopbackMT: localnet.IsLoopback(cfg.MasterTarget),
 		relayBudget: relay.NewBudget(max(cfg.RelayTotalBytes, 0)), bufs: wire.NewBufferPool(48 << 20)}
 	s.limiter = throttle.New(cfg.BandwidthLimit, 8<<20)
+	if len(cfg.BandwidthSchedule) > 0 {
+		sc := &throttle.Schedule{Default: max(cfg.BandwidthLimit, 0)}
+		for _, e := range cfg.BandwidthSchedule {
+			w, err := throttle.ParseWindow(e)
+			if err != nil {
+				return nil, fmt.Errorf("process server: bandwidth_schedule: %w", err)
+			}
+			sc.Windows = append(sc.Windows, w)
+		}
+		s.schedule = sc
+		r, w := sc.At(time.Now())
+		s.limiter, s.window = throttle.NewAdjustable(r, 8<<20), w
+	}
 	if err := os.MkdirAll(cfg.CacheDir, 0o700); err != nil {
 		return nil, fmt.Errorf("process server: creating cache dir: %w", err)
 	}
@@ -166,7 +187,11 @@ func (s *Server) Run(ctx context.Context) error {
 		m.startForwarder(ctx)
 	}
 	s.mu.Unlock()
-	s.log.Info("process server listening", "addr", ln.Addr().String(), "master_target", s.cfg.MasterTarget, "compression", s.cfg.Compression)
+	s.log.Info("process server listening", "addr", ln.Addr().String(), "master_target", s.cfg.MasterTarget, "compression", s.cfg.Compression,
+		"bandwidth_limit", s.limiter.Rate(), "bandwidth_window", s.currentWindow())
+	if s.schedule != nil {
+		go s.followSchedule(ctx)
+	}
 	if s.cfg.StatusListen != "" {
 		sl, err := statusapi.Listen(s.cfg.StatusListen)
 		if err != nil {
@@ -338,7 +363,9 @@ type Status struct {
 	Listen       string `json:"listen"`
 	MasterTarget string `json:"master_target"`
 	Compression  string `json:"compression"`
-	Bandwidth    int64  `json:"bandwidth_limit,omitempty"`
+	Bandwidth    int64  `json:"bandwidth_limit,omitempty"` // in force now; 0: none
+	// BandwidthWindow is the bandwidth_schedule entry in force, if any.
+	BandwidthWindow string `json:"bandwidth_window,omitempty"`
 	// RelayBytes is the copies held in memory for all machines, at most
 	// RelayLimit (plus one batch when a single batch is larger).
 	RelayBytes int64           `json:"relay_bytes"`
@@ -346,10 +373,49 @@ type Status struct {
 	Machines   []MachineStatus `json:"machines"`
 }
 
+// followSchedule applies the bandwidth schedule as the clock moves on.
+// Checked every 15 s: a window starts at most that late.
+func (s *Server) followSchedule(ctx context.Context) {
+	t := time.NewTicker(15 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.applySchedule(now)
+		}
+	}
+}
+
+// applySchedule sets the bandwidth limit the schedule gives for now.
+func (s *Server) applySchedule(now time.Time) {
+	r, w := s.schedule.At(now)
+	s.mu.Lock()
+	changed := w != s.window || r != s.limiter.Rate()
+	s.window = w
+	s.mu.Unlock()
+	if !changed {
+		return
+	}
+	s.limiter.SetRate(r)
+	if w == "" {
+		w = "bandwidth_limit"
+	}
+	s.log.Info("bandwidth limit changed", "bytes_per_sec", r, "by", w)
+}
+
+func (s *Server) currentWindow() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.window
+}
+
 // Status reports the process server's state now.
 func (s *Server) Status() Status {
 	s.mu.Lock()
-	st := Status{Role: "process-server", Name: s.cfg.Name, Listen: s.addr, MasterTarget: s.cfg.MasterTarget, Compression: s.cfg.Compression, Bandwidth: s.cfg.BandwidthLimit,
+	st := Status{Role: "process-server", Name: s.cfg.Name, Listen: s.addr, MasterTarget: s.cfg.MasterTarget, Compression: s.cfg.Compression,
+		Bandwidth: s.limiter.Rate(), BandwidthWindow: s.window,
 		RelayBytes: s.relayBudget.Used(), RelayLimit: s.cfg.RelayTotalBytes}
 	ms := make([]*machine, 0, len(s.machines))
 	for _, m := range s.machines {

@@ -14,7 +14,8 @@ import (
 // Limiter paces bytes. A nil *Limiter never waits, so callers need not
 // check whether a limit is configured.
 type Limiter struct {
-	l *rate.Limiter
+	l        *rate.Limiter
+	minBurst int
 }
 
 // New returns a limiter of bytesPerSec, or nil (no limit) when it is not
@@ -24,13 +25,32 @@ func New(bytesPerSec int64, minBurst int) *Limiter {
 	if bytesPerSec <= 0 {
 		return nil
 	}
-	burst := max(bytesPerSec/10, int64(minBurst), 1)
-	return &Limiter{l: rate.NewLimiter(rate.Limit(bytesPerSec), int(min(burst, 1<<30)))}
+	return NewAdjustable(bytesPerSec, minBurst)
 }
 
-// Rate is the limit in bytes per second (0 for a nil limiter).
+// NewAdjustable is New for a limit that SetRate changes later: it is never
+// nil, and a bytesPerSec of 0 or less means no limit for now.
+func NewAdjustable(bytesPerSec int64, minBurst int) *Limiter {
+	l := &Limiter{l: rate.NewLimiter(rate.Inf, 1), minBurst: minBurst}
+	l.SetRate(bytesPerSec)
+	return l
+}
+
+// SetRate changes the limit (0 or less: none) for the transfers that wait
+// from now on.
+func (l *Limiter) SetRate(bytesPerSec int64) {
+	if bytesPerSec <= 0 {
+		l.l.SetLimit(rate.Inf)
+		return
+	}
+	burst := max(bytesPerSec/10, int64(l.minBurst), 1)
+	l.l.SetBurst(int(min(burst, 1<<30)))
+	l.l.SetLimit(rate.Limit(bytesPerSec))
+}
+
+// Rate is the limit in bytes per second (0: none).
 func (l *Limiter) Rate() int64 {
-	if l == nil {
+	if l == nil || l.l.Limit() == rate.Inf {
 		return 0
 	}
 	return int64(l.l.Limit())
@@ -43,6 +63,9 @@ func (l *Limiter) Wait(ctx context.Context, n int64) error {
 		return nil
 	}
 	for n > 0 {
+		if l.l.Limit() == rate.Inf {
+			return nil
+		}
 		k := min(n, int64(l.l.Burst()))
 		if err := l.l.WaitN(ctx, int(k)); err != nil {
 			return fmt.Errorf("throttle: waiting for %d bytes at %d bytes/s: %w", k, l.Rate(), err)

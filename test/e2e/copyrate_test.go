@@ -112,3 +112,52 @@ func TestCopyRateCapsScanPass(t *testing.T) {
 		t.Fatalf("scan pass of %d bytes took %v: faster than the cap of %d bytes/s allows (%v)", size, took, capRate, floor)
 	}
 }
+
+// TestBandwidthScheduleThrottlesTheLink: a bandwidth_schedule entry in
+// force holds the process server's link to its rate, and the status says
+// which entry it is.
+func TestBandwidthScheduleThrottlesTheLink(t *testing.T) {
+	const size = 64 << 20
+	const linkRate = 4 << 20
+	entry := fmt.Sprintf("* 00:00-24:00 %d", linkRate)
+	c := newCluster(t, []int64{size}, func(c *cluster) {
+		c.extraPS = []string{"--bandwidth", "0", "--bandwidth-schedule", entry}
+	})
+	fillRandom(t, c.disks[0], 13, 24)
+	var st syscall.Stat_t
+	if err := syscall.Stat(c.disks[0], &st); err != nil {
+		t.Fatal(err)
+	}
+	data := st.Blocks * 512
+	c.mt.start()
+	c.ps.start()
+	c.ag.start()
+	c.waitSocket()
+	ps, err := c.psStatusNow()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ps.Bandwidth != linkRate || ps.BandwidthWindow != entry {
+		t.Fatalf("process server status: bandwidth %d, window %q; want %d, %q", ps.Bandwidth, ps.BandwidthWindow, linkRate, entry)
+	}
+	if out := cli(t, "status", c.psStatus); !strings.Contains(out, "bandwidth 4.0MiB/s (schedule: "+entry+")") {
+		t.Fatalf("standby status does not show the limit and its entry:\n%s", out)
+	}
+	c.waitIdentical(2 * time.Minute)
+	b, _ := os.ReadFile(c.ag.log)
+	m := resyncTookRE.FindSubmatch(b)
+	if m == nil {
+		t.Fatal("agent log has no 'resync complete' for disk0")
+	}
+	took, err := time.ParseDuration(string(m[1]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Random data does not compress: every byte crosses the link. The
+	// bucket starts with 8 MiB (the process server's least burst).
+	floor := time.Duration(float64(data-8<<20) / linkRate * float64(time.Second))
+	t.Logf("initial copy of %d data bytes over a %d bytes/s link took %v (floor %v)", data, linkRate, took, floor)
+	if took < floor-100*time.Millisecond {
+		t.Fatalf("initial copy of %d bytes took %v: faster than the scheduled %d bytes/s allow (%v)", data, took, linkRate, floor)
+	}
+}
