@@ -197,6 +197,7 @@ type cluster struct {
 	queueBytes int64
 	cacheBytes int64
 	loopDisks  map[int]bool // these disks are loop devices over their image files
+	scanEvery  string       // non-empty: every disk in scan mode, a pass this often
 	extraAgent []string
 	extraPS    []string
 	extraMT    []string
@@ -258,7 +259,11 @@ func newCluster(t *testing.T, diskSizes []int64, opts ...clusterOpt) *cluster {
 	c.ps = &proc{t: t, name: "process-server", log: filepath.Join(dir, "ps.log"), wrap: c.psWrap, args: append(append(psArgs, tlsArgs(pki.RoleProcessServer, "ps1")...), c.extraPS...)}
 	agArgs := []string{"agent", "--machine", c.machine, "--state-dir", filepath.Join(dir, "agent-state"), "--process-server", c.psAddr, "--nbd", "unix:" + c.sock, "--status", c.agStat}
 	for i, p := range c.disks {
-		agArgs = append(agArgs, "--disk", fmt.Sprintf("disk%d=%s", i, p))
+		spec := fmt.Sprintf("disk%d=%s", i, p)
+		if c.scanEvery != "" {
+			spec += ",mode=scan,interval=" + c.scanEvery
+		}
+		agArgs = append(agArgs, "--disk", spec)
 	}
 	if c.queueBytes > 0 {
 		agArgs = append(agArgs, "--queue-bytes", fmt.Sprint(c.queueBytes))

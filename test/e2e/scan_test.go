@@ -13,14 +13,9 @@ import (
 // directly, and periodic fingerprint passes send only the changed blocks.
 func TestScanMode(t *testing.T) {
 	const size = 64 << 20
-	c := newCluster(t, []int64{size})
-	fillRandom(t, c.disks[0], 6, 24)
 	// Scan mode: no NBD export for this disk, a pass every second.
-	for i, a := range c.ag.args {
-		if a == "--disk" {
-			c.ag.args[i+1] += ",mode=scan,interval=1s"
-		}
-	}
+	c := newCluster(t, []int64{size}, func(c *cluster) { c.scanEvery = "1s" })
+	fillRandom(t, c.disks[0], 6, 24)
 	c.mt.start()
 	c.ps.start()
 	c.ag.start()
