@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"standby/internal/agent"
+	"standby/internal/health"
 	"standby/internal/mastertarget"
 	"standby/internal/processserver"
 	"standby/internal/statusapi"
@@ -17,10 +18,19 @@ import (
 
 func statusCmd() *cobra.Command {
 	var output string
+	var check bool
+	var maxLag time.Duration
 	cmd := &cobra.Command{
 		Use:   "status ADDR...",
 		Short: "Show the status of running roles (their --status addresses)",
-		Args:  cobra.MinimumNArgs(1),
+		Long: `Show the status of running roles (their --status addresses).
+
+With --check it also exits 1 when a role reports a problem (a session down,
+bitmap mode, apply stopped, a disk error, or with --max-lag data older than
+that not yet safe at the secondary site), listing the problems on stderr,
+and 2 when a role cannot be reached: for monitoring and cron.`,
+		Example: "  standby status 127.0.0.1:7101 127.0.0.1:7301 127.0.0.1:7303 --check --max-lag 1m",
+		Args:    cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var all []any
 			for _, addr := range args {
@@ -49,18 +59,39 @@ func statusCmd() *cobra.Command {
 			if output == "json" {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
+				var err error
 				if len(all) == 1 {
-					return enc.Encode(all[0])
+					err = enc.Encode(all[0])
+				} else {
+					err = enc.Encode(all)
 				}
-				return enc.Encode(all)
+				if err != nil {
+					return err
+				}
+			} else {
+				for _, v := range all {
+					printStatus(v)
+				}
 			}
+			if !check {
+				return nil
+			}
+			var problems []string
 			for _, v := range all {
-				printStatus(v)
+				problems = append(problems, health.Problems(v, maxLag)...)
+			}
+			for _, p := range problems {
+				fmt.Fprintln(os.Stderr, "PROBLEM:", p)
+			}
+			if len(problems) > 0 {
+				return &exitCodeError{code: 1, err: fmt.Errorf("%d problem(s)", len(problems))}
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.Flags().BoolVar(&check, "check", false, "exit 1 when a role reports a problem (listed on stderr)")
+	cmd.Flags().DurationVar(&maxLag, "max-lag", 0, "with --check: also a problem when writes older than this are not yet safe at the secondary site (0: not checked)")
 	return cmd
 }
 
