@@ -341,7 +341,10 @@ func PreferRefusal(first error, errc <-chan error, grace time.Duration) error {
 	defer t.Stop()
 	for {
 		select {
-		case err := <-errc:
+		case err, ok := <-errc:
+			if !ok {
+				return first // closed: nothing more can come
+			}
 			if errors.As(err, &em) {
 				return err
 			}

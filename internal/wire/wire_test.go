@@ -382,6 +382,12 @@ func TestPreferRefusal(t *testing.T) {
 	if err := PreferRefusal(reset, errc, 50*time.Millisecond); err != reset {
 		t.Fatalf("only transport errors: got %v, want the first", err)
 	}
+	closed := make(chan error)
+	close(closed)
+	start = time.Now()
+	if err := PreferRefusal(reset, closed, time.Hour); err != reset || time.Since(start) > time.Second {
+		t.Fatalf("a closed channel: got %v after %v, want the first error at once", err, time.Since(start))
+	}
 	start = time.Now()
 	if err := PreferRefusal(refusal, make(chan error), time.Hour); err != refusal || time.Since(start) > time.Second {
 		t.Fatalf("a refusal first: got %v after %v, want it at once", err, time.Since(start))
